@@ -1,0 +1,1 @@
+"""Command-line front door (typer + rich): parse, call the SDK/engine, render."""

@@ -1,0 +1,1 @@
+"""`smolbox doctor` (implemented by the foundation work; see smolbox/host/doctor.py)."""

@@ -1,0 +1,69 @@
+"""The `smolbox` command: a thin shell over the SDK and engine.
+
+Each command group lives in its own module and registers itself on ``app``; this
+module only wires them together and turns catalogue errors into diagnostics and
+exit codes (see ``render.exit_code_for``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import typer
+
+from smolbox import errors
+from smolbox.cli import render
+
+app = typer.Typer(
+    name="smolbox",
+    help="Disposable microVM sandboxes: create, exec, snapshot, fork.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+
+
+@dataclass
+class Options:
+    """Global options shared by every command (set by the root callback)."""
+
+    json: bool = False
+
+
+OPTIONS = Options()
+
+
+@app.callback()
+def _root(
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON output."),
+) -> None:
+    OPTIONS.json = json_output
+
+
+def _register_commands() -> None:
+    """Import command modules; each adds its commands to ``app``."""
+    from smolbox.cli import doctor  # noqa: F401
+
+
+def main() -> None:
+    _register_commands()
+    try:
+        app(standalone_mode=False)
+    except errors.SmolboxError as err:
+        render.render_error(err, OPTIONS.json)
+        sys.exit(render.exit_code_for(err))
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        render.stderr.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as click_error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(click_error, click.ClickException):
+            click_error.show()
+            sys.exit(click_error.exit_code)
+        raise
