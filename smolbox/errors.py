@@ -39,7 +39,7 @@ __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "VMFileParseError", "VMFileValidationError", "ProvisioningError",
     # host
     "HostError", "KVMUnavailableError", "KVMUnavailable", "HostToolMissingError",
-    "DiskSpaceError", "BackendNotAvailableError", "BackendNotAvailable",
+    "DiskSpaceError", "ProcessGoneError", "BackendNotAvailableError", "BackendNotAvailable",
     "NotSupportedError",
     # network
     "NetworkError", "NetworkConfigError", "NetworkSetupError", "FirewallError",
@@ -507,6 +507,23 @@ class DiskSpaceError(HostError):
     code = "DISK_SPACE_LOW"
     http_status = 507
     default_help = "Free disk space, or point SMOLBOX_HOME at a larger disk."
+
+
+class ProcessGoneError(HostError):
+    """A host process smolbox tracks has exited, or its pid now belongs to another program."""
+
+    code = "PROCESS_GONE"
+    http_status = 410
+    default_help = (
+        "The process is no longer running (a reused pid is never signalled). "
+        "`smolbox list` shows the machine's recorded state; delete and recreate it if needed."
+    )
+    detail_attrs = ("pid", "start_time")
+
+    def __init__(self, pid: int, start_time: int | None = None, message: str | None = None,
+                 **kw: Any) -> None:
+        super().__init__(message or f"Process {pid} is gone", **kw)
+        self._remember(pid=pid, start_time=start_time)
 
 
 class BackendNotAvailableError(HostError):
