@@ -32,7 +32,8 @@ __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "RequestTimeoutError",
     # lifecycle
     "LifecycleError", "VMAlreadyExistsError", "VMNotFoundError", "InvalidTransitionError",
-    "SnapshotAlreadyExistsError", "SnapshotNotFoundError", "StatePoisonedError",
+    "SnapshotAlreadyExistsError", "SnapshotNotFoundError", "SnapshotCorruptError",
+    "StatePoisonedError",
     "VMCrashedError",
     # config
     "ValidationError", "InvalidConfigError", "VMFileError", "VMFileNotFoundError",
@@ -229,7 +230,7 @@ class RateLimitedError(SmolboxError):
     http_status = 429
     retryable = True
     default_help = "Wait `retry_after` seconds before trying again."
-    detail_attrs = ("retry_after",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("retry_after",)
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None,
                  details: dict[str, Any] | None = None, help: str | None = None) -> None:
@@ -258,14 +259,14 @@ class UnavailableError(SmolboxError):
 ServiceUnavailableError = UnavailableError
 
 
-class ConnectionError(UnavailableError):  # noqa: A001 - the name users of remote SDKs expect
+class ConnectionError(UnavailableError):
     """The smolbox server could not be reached."""
 
     code = "CONNECTION_ERROR"
     default_help = (
         "Check SMOLBOX_URL and that `smolbox serve` is running and reachable from here."
     )
-    detail_attrs = ("url",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("url",)
 
     def __init__(self, message: str | None = None, *, url: str | None = None,
                  details: dict[str, Any] | None = None, help: str | None = None) -> None:
@@ -291,7 +292,7 @@ class VMAlreadyExistsError(LifecycleError, ConflictError):
     code = "VM_ALREADY_EXISTS"
     http_status = 409
     default_help = "Pick another name, or delete the existing machine with `smolbox rm NAME`."
-    detail_attrs = ("vm_id",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id",)
 
     def __init__(self, vm_id: str, message: str | None = None, **kw: Any) -> None:
         super().__init__(message or f"Machine '{vm_id}' already exists", **kw)
@@ -304,7 +305,7 @@ class VMNotFoundError(LifecycleError, NotFoundError):
     code = "VM_NOT_FOUND"
     http_status = 404
     default_help = "List machines with `smolbox list`; deleted machines cannot be reused."
-    detail_attrs = ("vm_id",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id",)
 
     def __init__(self, vm_id: str, message: str | None = None, **kw: Any) -> None:
         super().__init__(message or f"Machine '{vm_id}' not found", **kw)
@@ -320,7 +321,7 @@ class InvalidTransitionError(LifecycleError, ConflictError):
         "Bring the machine into a state that allows this operation first "
         "(e.g. `smolbox resume` a paused machine before exec)."
     )
-    detail_attrs = ("vm_id", "from_state", "to_state")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "from_state", "to_state")
 
     def __init__(self, vm_id: str, from_state: str, to_state: str,
                  message: str | None = None, **kw: Any) -> None:
@@ -336,7 +337,7 @@ class SnapshotAlreadyExistsError(LifecycleError, ConflictError):
     code = "SNAPSHOT_ALREADY_EXISTS"
     http_status = 409
     default_help = "Choose another snapshot name or delete the old one first."
-    detail_attrs = ("vm_id", "snapshot_id")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "snapshot_id")
 
     def __init__(self, vm_id: str | None, snapshot_id: str, message: str | None = None,
                  **kw: Any) -> None:
@@ -350,12 +351,23 @@ class SnapshotNotFoundError(LifecycleError, NotFoundError):
     code = "SNAPSHOT_NOT_FOUND"
     http_status = 404
     default_help = "List snapshots with `smolbox snapshot list`."
-    detail_attrs = ("vm_id", "snapshot_id")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "snapshot_id")
 
     def __init__(self, vm_id: str | None, snapshot_id: str, message: str | None = None,
                  **kw: Any) -> None:
         super().__init__(message or f"Snapshot '{snapshot_id}' not found", **kw)
         self._remember(vm_id=vm_id, snapshot_id=snapshot_id)
+
+
+class SnapshotCorruptError(LifecycleError):
+    """A snapshot's files are missing or do not match their manifest."""
+
+    code = "SNAPSHOT_CORRUPT"
+    http_status = 500
+    default_help = (
+        "The snapshot was modified or damaged on disk. Delete it "
+        "(`smolbox snapshot rm NAME`) and take a new one."
+    )
 
 
 class StatePoisonedError(LifecycleError):
@@ -364,7 +376,7 @@ class StatePoisonedError(LifecycleError):
     code = "STATE_POISONED"
     http_status = 500
     default_help = "Delete the machine (`smolbox rm --force NAME`) and create a new one."
-    detail_attrs = ("vm_id", "reason")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "reason")
 
     def __init__(self, vm_id: str | None = None, reason: str | None = None,
                  message: str | None = None, **kw: Any) -> None:
@@ -381,7 +393,7 @@ class VMCrashedError(LifecycleError):
         "Read the console tail in `details` or `smolbox logs NAME`; then delete the machine. "
         "Frequent crashes may mean too little memory for the workload."
     )
-    detail_attrs = ("vm_id", "reason")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "reason")
 
     def __init__(self, vm_id: str, reason: str, message: str | None = None, **kw: Any) -> None:
         super().__init__(message or f"Machine '{vm_id}' crashed: {reason}", **kw)
@@ -397,7 +409,7 @@ class ValidationError(UnprocessableError):
     code = "VALIDATION_ERROR"
     http_status = 422
     default_help = "Fix the field named in `details.field`; `smolbox create --help` lists limits."
-    detail_attrs = ("field", "value")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("field", "value")
 
     def __init__(self, message: str, *, field: str | None = None, value: Any = None,
                  details: dict[str, Any] | None = None, help: str | None = None) -> None:
@@ -415,7 +427,7 @@ class VMFileError(ValidationError):
     """A machine definition file could not be used."""
 
     code = "VMFILE_ERROR"
-    detail_attrs = ("path",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("path",)
 
     def __init__(self, message: str, *, path: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -449,7 +461,7 @@ class ProvisioningError(SmolboxError):
 
     code = "PROVISIONING_FAILED"
     default_help = "Read the step's output in `details` and fix the provisioning script."
-    detail_attrs = ("vm_id", "step")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "step")
 
     def __init__(self, message: str, *, vm_id: str | None = None, step: str | None = None,
                  **kw: Any) -> None:
@@ -476,7 +488,7 @@ class KVMUnavailableError(HostError):
         "Machines still run under TCG, only slower. For hardware speed, run on a host "
         "where `smolbox doctor` reports kvm_usable: true."
     )
-    detail_attrs = ("reason",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("reason",)
 
     def __init__(self, reason: str, message: str | None = None, **kw: Any) -> None:
         super().__init__(message or f"KVM is not usable: {reason}", **kw)
@@ -492,7 +504,7 @@ class HostToolMissingError(HostError):
     code = "HOST_TOOL_MISSING"
     http_status = 503
     default_help = "Install it with `bash scripts/install.sh` (or the Debian package named)."
-    detail_attrs = ("tool", "package")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("tool", "package")
 
     def __init__(self, tool: str, package: str | None = None, message: str | None = None,
                  **kw: Any) -> None:
@@ -518,7 +530,7 @@ class ProcessGoneError(HostError):
         "The process is no longer running (a reused pid is never signalled). "
         "`smolbox list` shows the machine's recorded state; delete and recreate it if needed."
     )
-    detail_attrs = ("pid", "start_time")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("pid", "start_time")
 
     def __init__(self, pid: int, start_time: int | None = None, message: str | None = None,
                  **kw: Any) -> None:
@@ -543,7 +555,7 @@ class NotSupportedError(SmolboxError):
     code = "NOT_SUPPORTED"
     http_status = 501
     default_help = "See `details.reason`; the README lists what each backend supports."
-    detail_attrs = ("operation", "reason")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("operation", "reason")
 
     def __init__(self, message: str, *, operation: str | None = None,
                  reason: str | None = None, **kw: Any) -> None:
@@ -577,7 +589,7 @@ class NetworkSetupError(NetworkError):
         "`details.step` names the failing step. TAP networking needs root or CAP_NET_ADMIN; "
         "use network mode `user` otherwise."
     )
-    detail_attrs = ("step",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("step",)
 
     def __init__(self, message: str, *, step: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -598,7 +610,7 @@ class PortInUseError(NetworkError, ConflictError):
     http_status = 409
     retryable = True
     default_help = "Pick another host port, or stop what listens on it."
-    detail_attrs = ("port",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("port",)
 
     def __init__(self, port: int, message: str | None = None, **kw: Any) -> None:
         super().__init__(message or f"Host port {port} is already in use", **kw)
@@ -622,7 +634,7 @@ class ImageError(SmolboxError):
 
     code = "IMAGE_ERROR"
     default_help = "Rebuild the image with `smolbox image build`."
-    detail_attrs = ("image",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(self, message: str, *, image: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -726,7 +738,7 @@ class QMPError(VMMError):
     """A QMP command returned an error (the VMM API error)."""
 
     code = "QMP_ERROR"
-    detail_attrs = ("status_code", "qmp_class", "command")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("status_code", "qmp_class", "command")
 
     def __init__(self, message: str, *, status_code: int | None = None,
                  qmp_class: str | None = None, command: str | None = None, **kw: Any) -> None:
@@ -753,7 +765,7 @@ class ShutdownError(VMMError):
 
     code = "SHUTDOWN_FAILED"
     default_help = "`details.step` names the step; `smolbox rm --force NAME` kills it."
-    detail_attrs = ("vm_id", "step")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id", "step")
 
     def __init__(self, message: str, *, vm_id: str | None = None, step: str | None = None,
                  **kw: Any) -> None:
@@ -784,7 +796,7 @@ class GuestAgentError(SmolboxError):
 
     code = "GUEST_AGENT_ERROR"
     default_help = "Read the console tail with `smolbox logs NAME`; restart the machine."
-    detail_attrs = ("vm_id",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id",)
 
     def __init__(self, message: str, *, vm_id: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -813,7 +825,7 @@ class GuestFileError(GuestAgentError):
     code = "GUEST_FILE_ERROR"
     http_status = 400
     default_help = "Check the guest path and its permissions."
-    detail_attrs = ("path", "errno")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("path", "errno")
 
     def __init__(self, message: str, *, path: str | None = None, errno: int | None = None,
                  **kw: Any) -> None:
@@ -836,7 +848,7 @@ class CommandExecutionUnavailableError(GuestAgentError):
     http_status = 503
     retryable = True
     default_help = "See `details.remediation`."
-    detail_attrs = ("reason", "remediation")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("reason", "remediation")
 
     def __init__(self, vm_id: str, reason: str, remediation: str | None = None,
                  message: str | None = None, **kw: Any) -> None:
@@ -859,7 +871,7 @@ class OperationTimeoutError(SmolboxError):
     http_status = 408
     retryable = True
     default_help = "Raise the timeout for this operation, or check why it is slow."
-    detail_attrs = ("operation", "timeout_seconds")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("operation", "timeout_seconds")
 
     def __init__(self, operation: str, timeout_seconds: float, message: str | None = None,
                  **kw: Any) -> None:
@@ -869,7 +881,7 @@ class OperationTimeoutError(SmolboxError):
         self._remember(operation=operation, timeout_seconds=timeout_seconds)
 
 
-TimeoutError = OperationTimeoutError  # noqa: A001 - the alias users of SmolVM expect
+TimeoutError = OperationTimeoutError
 
 
 class RequestTimeoutError(OperationTimeoutError):
@@ -884,7 +896,7 @@ class ExecutionError(SmolboxError):
     code = "EXECUTION_FAILED"
     http_status = 400
     default_help = "Read `details.stderr`; the command itself failed, the machine is fine."
-    detail_attrs = ("command", "exit_code", "stdout", "stderr")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("command", "exit_code", "stdout", "stderr")
 
     def __init__(self, command: str | list[str], exit_code: int | None, stdout: str = "",
                  stderr: str = "", message: str | None = None, **kw: Any) -> None:
@@ -956,5 +968,5 @@ def _build(code: str, message: str, details: dict[str, Any], help: str | None) -
     if cls is not None:
         return cls._rebuild(message, details, help)
     err = SmolboxError._rebuild(message, details, help)
-    err.code = code  # type: ignore[misc] - keep an unknown code visible to the caller
+    setattr(err, "code", code)  # noqa: B010 - keep an unknown code visible to the caller
     return err

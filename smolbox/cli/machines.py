@@ -1,0 +1,211 @@
+"""Machine commands: create, list, info, exec, run, start, stop, restart, rm, logs.
+
+Thin by design: parse arguments, call the engine, render. ``exec`` and ``run``
+stream the guest's output as it arrives and exit with the guest command's own
+exit code (128+N when a signal N killed it), like ``docker exec`` and ``ssh``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from smolbox.cli import render
+from smolbox.cli.main import OPTIONS, app
+from smolbox.config import MachineConfig
+from smolbox.engine.engine import Engine
+from smolbox.store import MachineRecord
+
+
+@contextmanager
+def engine() -> Iterator[Engine]:
+    with Engine() as eng:
+        yield eng
+
+
+def _row(record: MachineRecord) -> dict[str, Any]:
+    return {
+        "id": record.id, "name": record.name, "state": str(record.state),
+        "image": f"{record.image_ref}:{record.image_version}", "pid": record.pid,
+        "ip": record.ip, "error": record.error_reason,
+    }
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _config(name: str | None, image: str, memory: int, vcpus: int, env: list[str],
+            boot_timeout: float) -> MachineConfig:
+    return MachineConfig(name=name, image=image, memory_mib=memory, vcpus=vcpus,
+                         env=_parse_env(env), timeouts={"boot": boot_timeout})
+
+
+NAME_OPT = typer.Option(None, "--name", help="Machine name (default: generated id).")
+IMAGE_OPT = typer.Option("default", "--image", help="Image NAME or NAME:VERSION.")
+MEMORY_OPT = typer.Option(256, "--memory", help="Guest memory in MiB (128-65536).")
+VCPUS_OPT = typer.Option(1, "--vcpus", help="Virtual CPUs (1-32).")
+ENV_OPT = typer.Option([], "--env", "-e", help="KEY=VALUE for every command (repeatable).")
+BOOT_OPT = typer.Option(60.0, "--boot-timeout", help="Seconds allowed for boot.")
+
+
+@app.command()
+def create(name: str | None = NAME_OPT, image: str = IMAGE_OPT, memory: int = MEMORY_OPT,
+           vcpus: int = VCPUS_OPT, env: list[str] = ENV_OPT,
+           boot_timeout: float = BOOT_OPT) -> None:
+    """Create and boot a machine; prints its id."""
+    with engine() as eng:
+        record = eng.create(_config(name, image, memory, vcpus, env, boot_timeout))
+    if OPTIONS.json:
+        render.print_json(_row(record))
+    else:
+        print(record.name)
+
+
+@app.command("list")
+def list_machines() -> None:
+    """List machines."""
+    with engine() as eng:
+        rows = [_row(record) for record in eng.list_machines()]
+    if OPTIONS.json:
+        render.print_json(rows)
+        return
+    render.print_table(None, ["name", "id", "state", "image", "pid", "error"],
+                       ([r["name"], r["id"], r["state"], r["image"], r["pid"], r["error"]]
+                        for r in rows))
+
+
+@app.command()
+def info(name: str) -> None:
+    """Show one machine in detail."""
+    with engine() as eng:
+        data = eng.info(name)
+    if OPTIONS.json:
+        render.print_json(data)
+    else:
+        render.print_mapping({k: v for k, v in data.items() if k != "config"}, title=name)
+
+
+def _stream(eng: Engine, name: str, command: list[str], env: dict[str, str],
+            cwd: str | None, user: str | None, timeout: float | None) -> int:
+    """Copy the command's output to ours as it arrives; return a shell-style exit code."""
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    code = 1
+    for event in eng.exec_stream(name, command, env=env or None, cwd=cwd, user=user,
+                                 timeout=timeout):
+        if event.kind == "stdout":
+            out.write(event.data)
+            out.flush()
+        elif event.kind == "stderr":
+            err.write(event.data)
+            err.flush()
+        elif event.kind == "exit":
+            code = event.exit_code if event.exit_code is not None else 128 + (event.signal or 0)
+    return code
+
+
+CMD_ARG = typer.Argument(..., help="The command and its arguments (after --).")
+CWD_OPT = typer.Option(None, "--cwd", help="Working directory in the guest.")
+USER_OPT = typer.Option(None, "--user", "-u", help="Guest user name or uid.")
+TIMEOUT_OPT = typer.Option(None, "--timeout", help="Kill the command after this many seconds.")
+
+
+@app.command("exec")
+def exec_command(name: str, command: list[str] = CMD_ARG, env: list[str] = ENV_OPT,
+                 cwd: str | None = CWD_OPT, user: str | None = USER_OPT,
+                 timeout: float | None = TIMEOUT_OPT) -> None:
+    """Run a command in a machine; output streams, the exit code passes through."""
+    with engine() as eng:
+        code = _stream(eng, name, command, _parse_env(env), cwd, user, timeout)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(command: list[str] = CMD_ARG, name: str | None = NAME_OPT, image: str = IMAGE_OPT,
+        memory: int = MEMORY_OPT, vcpus: int = VCPUS_OPT, env: list[str] = ENV_OPT,
+        cwd: str | None = CWD_OPT, timeout: float | None = TIMEOUT_OPT,
+        keep: bool = typer.Option(False, "--keep", help="Keep the machine afterwards."),
+        boot_timeout: float = BOOT_OPT) -> None:
+    """Create a machine, run one command in it, delete it (unless --keep)."""
+    with engine() as eng:
+        record = eng.create(_config(name, image, memory, vcpus, [], boot_timeout))
+        try:
+            code = _stream(eng, record.id, command, _parse_env(env), cwd, None, timeout)
+        finally:
+            if not keep:
+                eng.delete(record.id, force=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def start(name: str) -> None:
+    """Boot a stopped machine again (its disk is kept)."""
+    with engine() as eng:
+        record = eng.start(name)
+    print(record.name)
+
+
+@app.command()
+def stop(name: str, force: bool = typer.Option(False, "--force", help="Skip the graceful steps.")
+         ) -> None:
+    """Stop a machine (graceful shutdown ladder); prints the step that stopped it."""
+    with engine() as eng:
+        step = eng.stop(name, graceful=not force)
+    if OPTIONS.json:
+        render.print_json({"name": name, "stopped_by": step})
+    else:
+        print(f"{name} stopped ({step})")
+
+
+@app.command()
+def restart(name: str) -> None:
+    """Stop then start a machine."""
+    with engine() as eng:
+        eng.restart(name)
+    print(name)
+
+
+@app.command("rm")
+def remove(names: list[str] = typer.Argument(..., help="Machines to delete."),
+           force: bool = typer.Option(False, "--force", "-f", help="Kill instead of shutdown.")
+           ) -> None:
+    """Delete machines and everything they own on the host."""
+    with engine() as eng:
+        for name in names:
+            eng.delete(name, force=force)
+            if not OPTIONS.json:
+                print(f"{name} deleted")
+    if OPTIONS.json:
+        render.print_json({"deleted": names})
+
+
+@app.command()
+def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f")) -> None:
+    """Print the machine's console log (bounded); --follow keeps printing."""
+    with engine() as eng:
+        for chunk in eng.logs(name, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+
+@app.command()
+def reconcile() -> None:
+    """Repair drift after crashes: dead machines -> error, orphans removed."""
+    with engine() as eng:
+        report = eng.reconcile()
+    data = {"marked_error": report.marked_error, "killed_pids": report.killed_pids,
+            "removed_dirs": report.removed_dirs}
+    if OPTIONS.json:
+        render.print_json(data)
+    else:
+        render.print_mapping(data, title="reconcile")

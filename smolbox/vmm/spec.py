@@ -1,0 +1,121 @@
+"""A pure description of one QEMU microvm and its command line.
+
+Why pure: the argv is the contract with QEMU, so it is built in one function that
+tests can read without spawning anything, and the engine, templates and clones all
+go through it (only the RAM backing and ``incoming`` differ between them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+AGENT_PORT_NAME = "org.smolbox.agent"
+CONSOLE_CHARDEV = "console"
+CONSOLE_RING_BYTES = 1 << 20  # the console is a bounded ring: a chatty guest cannot fill the disk
+ROOT_DRIVE_ID = "root"
+
+
+@dataclass(frozen=True)
+class RamBacking:
+    """How guest RAM is backed.
+
+    ``anonymous``: ordinary private memory (cold-booted machines).
+    ``file`` + ``share=True``: RAM lives in a file that a snapshot can keep as-is
+    (templates); ``file`` + ``share=False``: the file is mapped copy-on-write and
+    never modified (clones of a snapshot share its pages).
+    """
+
+    kind: Literal["anonymous", "file"] = "anonymous"
+    path: Path | None = None
+    share: bool = False
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything needed to start one QEMU process for a machine."""
+
+    name: str
+    kernel: Path
+    cmdline: str
+    disk: Path
+    run_dir: Path
+    memory_mib: int = 256
+    vcpus: int = 1
+    accel_args: tuple[str, ...] = ("-accel", "tcg", "-cpu", "max")
+    ram: RamBacking = field(default_factory=RamBacking)
+    disk_format: str = "qcow2"
+    extra_args: tuple[str, ...] = ()
+    incoming: bool = False
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.run_dir / "qemu.stderr"
+
+
+def memory_object(spec: VMSpec) -> str:
+    size = f"{spec.memory_mib}M"
+    if spec.ram.kind == "anonymous":
+        return f"memory-backend-ram,id=mem0,size={size}"
+    if spec.ram.path is None:
+        raise ValueError("file-backed RAM needs a path")
+    share = "on" if spec.ram.share else "off"
+    return f"memory-backend-file,id=mem0,size={size},mem-path={spec.ram.path},share={share}"
+
+
+def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[str]:
+    """The QEMU command line for ``spec``.
+
+    Choices worth knowing:
+    - ``microvm,acpi=off``: no PCI/ACPI, so QEMU puts the virtio-mmio devices on the
+      kernel command line; ``rtc=on`` avoids a 1 s wait in the guest.
+    - ``-no-reboot`` + the guest's ``reboot=t panic=-1``: a guest reboot, power-off
+      request or kernel panic ends the QEMU process, which is how crashes surface.
+    - The root disk uses ``cache=unsafe``: sandboxes are disposable and snapshots
+      flush explicitly, so guest fsyncs need not reach the host disk.
+    - ``-daemonize`` returns only once QEMU has created its sockets, so the caller
+      knows spawn succeeded; the pid comes from ``-pidfile``.
+    """
+    argv = [
+        qemu_binary,
+        "-name", f"smolbox-{spec.name},debug-threads=on",
+        "-M", "microvm,acpi=off,rtc=on,isa-serial=on,memory-backend=mem0",
+        *spec.accel_args,
+        "-smp", str(spec.vcpus),
+        "-m", f"{spec.memory_mib}M",
+        "-object", memory_object(spec),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(spec.kernel),
+        "-append", spec.cmdline,
+        "-chardev", f"ringbuf,id={CONSOLE_CHARDEV},size={CONSOLE_RING_BYTES}",
+        "-serial", f"chardev:{CONSOLE_CHARDEV}",
+        "-drive",
+        f"id={ROOT_DRIVE_ID},file={spec.disk},format={spec.disk_format},if=none,"
+        "cache=unsafe,discard=unmap",
+        "-device", f"virtio-blk-device,drive={ROOT_DRIVE_ID}",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-device,rng=rng0",
+        "-device", "virtio-serial-device,max_ports=4",
+        "-chardev", f"socket,id=agent,path={spec.agent_socket},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
+        "-pidfile", str(spec.pidfile),
+        "-daemonize",
+        *spec.extra_args,
+    ]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
+    return argv

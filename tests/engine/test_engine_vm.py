@@ -1,0 +1,210 @@
+"""The engine against real QEMU machines under TCG (issue 4's acceptance list).
+
+One machine is shared by the read-mostly tests of this module; tests that break a
+machine (kill QEMU, boot timeouts) make their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from smolbox import errors
+from smolbox.config import MachineConfig
+from smolbox.engine.engine import Engine
+from smolbox.engine.reconcile import qemu_processes_under
+from smolbox.engine.states import MachineState
+from smolbox.store import MachineRecord
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def machine(engine: Engine) -> Iterator[MachineRecord]:
+    record = engine.create(MachineConfig(name="shared-exec", env={"GREETING": "hi"}))
+    yield record
+    engine.delete(record.id, force=True)
+
+
+def assert_gone(engine: Engine, record: MachineRecord) -> None:
+    with pytest.raises(errors.VMNotFoundError):
+        engine.get(record.id)
+    layout = engine.layout(record.id)
+    assert not layout.machine_dir.exists(), "machine dir left behind"
+    assert not layout.run_dir.exists(), "run dir left behind"
+    assert record.id not in qemu_processes_under(engine.paths.run).values()
+
+
+def test_create_exec_delete_leaves_nothing(engine: Engine) -> None:
+    record = engine.create(MachineConfig())
+    assert record.state == MachineState.RUNNING
+    result = engine.exec(record.id, ["python3", "-c", "print(6*7)"])
+    assert result.stdout == "42\n"
+    assert result.exit_code == 0 and result.success
+    engine.delete(record.id)
+    assert_gone(engine, record)
+
+
+def test_twenty_concurrent_execs_all_answer_right(engine: Engine,
+                                                  machine: MachineRecord) -> None:
+    def run(i: int) -> str:
+        return engine.exec(machine.id, ["sh", "-c", f"echo value-{i}"]).stdout
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outputs = list(pool.map(run, range(20)))
+    assert outputs == [f"value-{i}\n" for i in range(20)]
+
+
+def test_one_mib_stdout_arrives_intact(engine: Engine, machine: MachineRecord) -> None:
+    result = engine.exec(machine.id, ["python3", "-c",
+                                      "import sys; sys.stdout.write('ab' * 524288)"])
+    assert result.stdout == "ab" * 524288
+
+
+def test_binary_stdout_round_trips_byte_exact(engine: Engine, machine: MachineRecord) -> None:
+    script = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 64)"
+    result = engine.exec(machine.id, ["python3", "-c", script])
+    assert result.stdout_bytes == bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize(("command", "code"), [("true", 0), ("false", 1),
+                                               ("no-such-command-here", 127)])
+def test_exit_codes(engine: Engine, machine: MachineRecord, command: str, code: int) -> None:
+    assert engine.exec(machine.id, command).exit_code == code
+
+
+def test_signal_killed_process_reports_the_signal(engine: Engine,
+                                                  machine: MachineRecord) -> None:
+    result = engine.exec(machine.id, ["sh", "-c", "kill -9 $$"])
+    assert result.signal == signal.SIGKILL
+    assert not result.success
+    with pytest.raises(errors.ExecutionError):
+        result.assert_success()
+
+
+def test_timeout_kills_and_machine_stays_usable(engine: Engine, machine: MachineRecord) -> None:
+    started = time.monotonic()
+    with pytest.raises(errors.OperationTimeoutError):
+        engine.exec(machine.id, ["sleep", "100"], timeout=1)
+    assert time.monotonic() - started < 30  # returned, not hung (no performance claim)
+    assert engine.exec(machine.id, "echo still-here").stdout == "still-here\n"
+    leftover = engine.exec(machine.id, "pgrep -x sleep || true").stdout
+    assert leftover.strip() == "", "the timed-out process group was not killed"
+
+
+def test_config_env_hostname_and_console(engine: Engine, machine: MachineRecord) -> None:
+    assert engine.exec(machine.id, "echo $GREETING").stdout == "hi\n"
+    assert engine.exec(machine.id, "hostname").stdout.strip() == "shared-exec"
+    assert "SMOLBOX_READY" in "".join(engine.logs(machine.id))
+
+
+def test_files_round_trip_and_validate_paths(engine: Engine, machine: MachineRecord) -> None:
+    payload = os.urandom(300_000)
+    with engine.guest(machine.id, "files") as agent:
+        agent.write_file("/tmp/blob.bin", payload)
+        assert agent.read_file("/tmp/blob.bin") == payload
+        with pytest.raises(errors.ValidationError):
+            agent.read_file("relative/path")
+        with pytest.raises(errors.GuestFileNotFoundError):
+            agent.read_file("/no/such/file")
+
+
+def test_exec_on_a_stopped_machine_is_an_invalid_transition(engine: Engine) -> None:
+    record = engine.create(MachineConfig(), start=False)
+    try:
+        assert record.state == MachineState.STOPPED
+        with pytest.raises(errors.InvalidTransitionError):
+            engine.exec(record.id, "true")
+    finally:
+        engine.delete(record.id)
+    assert_gone(engine, record)
+
+
+def test_stop_start_keeps_the_disk(engine: Engine) -> None:
+    record = engine.create(MachineConfig())
+    try:
+        engine.exec(record.id, "echo persisted > /root/note && sync").assert_success()
+        step = engine.stop(record.id)
+        assert step in {"agent", "quit", "sigterm", "sigkill"}
+        assert engine.get(record.id).state == MachineState.STOPPED
+        assert not engine.layout(record.id).run_dir.exists()
+        engine.start(record.id)
+        assert engine.exec(record.id, "cat /root/note").stdout == "persisted\n"
+    finally:
+        engine.delete(record.id, force=True)
+    assert_gone(engine, record)
+
+
+def test_kill_9_during_exec_gives_a_typed_error_then_error_state(engine: Engine) -> None:
+    record = engine.create(MachineConfig())
+    outcome: dict[str, BaseException] = {}
+
+    def long_exec() -> None:
+        try:
+            engine.exec(record.id, ["sleep", "60"])
+        except BaseException as err:
+            outcome["error"] = err
+
+    worker = threading.Thread(target=long_exec)
+    worker.start()
+    time.sleep(0.5)
+    assert record.pid is not None
+    os.kill(record.pid, signal.SIGKILL)
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "exec hung after QEMU was killed"
+    assert isinstance(outcome.get("error"), errors.SmolboxError)
+    engine.reconcile()
+    assert engine.get(record.id).state == MachineState.ERROR
+    engine.delete(record.id)
+    assert_gone(engine, record)
+
+
+def test_reconcile_marks_a_silently_dead_machine_error(engine: Engine) -> None:
+    record = engine.create(MachineConfig())
+    assert record.pid is not None
+    os.kill(record.pid, signal.SIGKILL)
+    with Engine() as other_process_view:
+        report = other_process_view.reconcile()
+    assert record.id in report.marked_error
+    stored = engine.get(record.id)
+    assert stored.state == MachineState.ERROR and stored.error_reason
+    engine.delete(record.id)
+    assert_gone(engine, record)
+
+
+def test_reconcile_kills_orphaned_qemu_and_removes_its_files(engine: Engine) -> None:
+    record = engine.create(MachineConfig())
+    # Simulate a delete that crashed after removing the row but before stopping QEMU.
+    engine.store.transition(record.id, MachineState.ERROR, error_reason="test")
+    engine.store.transition(record.id, MachineState.DELETED)
+    engine.store.delete_machine(record.id)
+    assert record.id in qemu_processes_under(engine.paths.run).values()
+    report = engine.reconcile()
+    assert record.pid in report.killed_pids
+    deadline = time.monotonic() + 5
+    while record.id in qemu_processes_under(engine.paths.run).values():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert_gone(engine, record)
+
+
+def test_boot_timeout_reports_console_tail_and_cleans_up(engine: Engine) -> None:
+    before = {r.id for r in engine.list_machines()}
+    with pytest.raises(errors.OperationTimeoutError) as caught:
+        engine.create(MachineConfig(timeouts={"boot": 0.3}))
+    assert "console_tail" in caught.value.details
+    assert {r.id for r in engine.list_machines()} == before
+    assert not [d for d in engine.paths.machines.iterdir() if d.name not in before]
+
+
+def test_unknown_image_leaves_no_row(engine: Engine) -> None:
+    before = {r.id for r in engine.list_machines()}
+    with pytest.raises(errors.ImageNotFoundError):
+        engine.create(MachineConfig(image="no-such-image"))
+    assert {r.id for r in engine.list_machines()} == before
