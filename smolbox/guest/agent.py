@@ -290,11 +290,11 @@ class Proc(Handler):
             self.signal(signal.SIGKILL)
 
     def session_closed(self) -> None:
-        if self.stdin is not None:
-            self.stdin.put(None)
         with self.lock:
             self.session = None
         if not self.background:
+            if self.stdin is not None:
+                self.stdin.put(None)
             self.signal(signal.SIGKILL)
 
     def signal(self, signum: int) -> None:
@@ -331,6 +331,9 @@ class Proc(Handler):
         with self.lock:
             self.session = session
             self.stream = stream
+            if self.stdin is not None:
+                self.stdin.session = session
+                self.stdin.stream = stream
             session.register(stream, self)
             session.send_json(p.REPLY, stream, {"pid": self.pid, "attached": True})
             while self.buffer:
