@@ -86,7 +86,12 @@ class ImageManifest(BaseModel):
         try:
             return cls.model_validate_json(path.read_bytes())
         except (pydantic.ValidationError, ValueError) as err:
+            if isinstance(err, pydantic.ValidationError):
+                first = err.errors(include_url=False)[0]
+                reason = f"{'.'.join(map(str, first['loc'])) or 'manifest'}: {first['msg']}"
+            else:
+                reason = str(err)
             raise ImageCorruptError(
-                f"Image manifest {path} is invalid: {str(err).splitlines()[0]}",
+                f"Image manifest {path} is invalid: {reason}",
                 details={"path": str(path)},
             ) from None
