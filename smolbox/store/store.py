@@ -350,17 +350,20 @@ class Store:
     def release_lease(self, vm_id: str) -> Lease | None:
         """Give back a machine's address; returns the released lease (None if it had none)."""
         with self._db.write("release lease"):
-            rows = self._db.query("SELECT * FROM network_leases WHERE vm_id = ?", (vm_id,))
-            if not rows:
+            lease = self.get_lease(vm_id)
+            if lease is None:
                 return None
-            lease = lease_from_row(rows[0])
-            self._db.execute("DELETE FROM network_leases WHERE vm_id = ?", (vm_id,))
+            self._db.execute("DELETE FROM network_leases WHERE vm_id = ?", (lease.vm_id,))
             self._db.execute("UPDATE machines SET ip = NULL WHERE id = ? AND ip = ?",
-                             (vm_id, lease.ip), operation="release lease")
+                             (lease.vm_id, lease.ip), operation="release lease")
             return lease
 
     def get_lease(self, vm_id: str) -> Lease | None:
-        rows = self._db.query("SELECT * FROM network_leases WHERE vm_id = ?", (vm_id,))
+        """The lease of a machine (by id or name), or None."""
+        found = self.find_machine(vm_id)
+        if found is None:
+            return None
+        rows = self._db.query("SELECT * FROM network_leases WHERE vm_id = ?", (found.id,))
         return lease_from_row(rows[0]) if rows else None
 
     def list_leases(self) -> list[Lease]:

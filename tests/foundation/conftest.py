@@ -21,5 +21,5 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def machine(vm_id: str, name: str | None = None, **kw: object) -> MachineRecord:
     """A minimal new machine record."""
-    return MachineRecord(id=vm_id, name=name or f"name-{vm_id}", config={"vcpus": 1},
-                         image_ref="default", **kw)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"config": {"vcpus": 1}, "image_ref": "default", **kw}
+    return MachineRecord(id=vm_id, name=name or f"name-{vm_id}", **fields)  # type: ignore[arg-type]
