@@ -115,7 +115,10 @@ def test_failed_cache_build_leaves_no_entry(tmp_path: Path) -> None:
     with pytest.raises(ImageBuildError):
         ensure_built(tmp_path, "thing", "k1", broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".thing-k1.lock"]
-    entry = ensure_built(tmp_path, "thing", "k1", lambda out, _w: (out / "ok").write_text("y"))
+    def good(out: Path, _work: Path) -> None:
+        (out / "ok").write_text("y")
+
+    entry = ensure_built(tmp_path, "thing", "k1", good)
     assert (entry / "ok").read_text() == "y"
     calls: list[int] = []
     ensure_built(tmp_path, "thing", "k1", lambda _o, _w: calls.append(1))

@@ -18,10 +18,9 @@ from smolbox.errors import (
     ImageFileMissingError,
     ImageNotFoundError,
 )
-from smolbox.images import ImageCatalog, ImageManifest
+from smolbox.images import ImageCatalog, ImageManifest, InstalledImage
 from smolbox.images.catalog import VERIFIED, parse_ref
 from smolbox.paths import Paths
-from smolbox.images import InstalledImage
 
 MakeImage = Callable[..., InstalledImage]
 
@@ -175,7 +174,7 @@ def test_permission_denied_catalogue_is_unreadable(tmp_path: Path) -> None:
             catalog.list()
         except ImageError as err:
             result = err.code.encode()
-        except BaseException as err:  # noqa: BLE001 - reported to the parent
+        except BaseException as err:
             result = repr(err).encode()
         os.write(write_end, result)
         os._exit(0)

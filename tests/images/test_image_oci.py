@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from imgtools_oci import BASE, TOP, docker_save, oci_layout, tar_directory
 
 from smolbox.errors import ImageCorruptError, ImageFormatError, RootfsError
 from smolbox.images.assemble import require_python
 from smolbox.images.oci import unpack_container_image
 from smolbox.images.rootpath import resolve_in_root
-from imgtools_oci import BASE, TOP, docker_save, oci_layout, tar_directory
 
 
 def _check_tree(tree: Path) -> None:
