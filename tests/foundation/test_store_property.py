@@ -103,7 +103,7 @@ class StoreMachine(RuleBasedStateMachine):
         vm_id = self._resolve(vm_id)
         if vm_id not in self.machines:
             return
-        name, state = self.machines[vm_id]
+        state = self.machines[vm_id][1]
         if state is not MachineState.DELETED:
             before = self.store.get_machine(vm_id)
             try:
