@@ -22,8 +22,8 @@ from smolbox.channel import AgentClient
 class AgentProcess:
     """One agent serving a unix socket in a private temp dir (short path: 107-byte limit)."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="sba-"))
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="sba-"))
         self.socket = self.dir / "agent.sock"
         self.root = self.dir / "root"
         self.proc = subprocess.Popen(
