@@ -20,7 +20,7 @@ from smolbox.images.buildcache import log_path
 from smolbox.images.catalog import DEFAULT_NAME, ImageCatalog, InstalledImage
 from smolbox.images.hashing import sha256_file, sha256_inputs
 from smolbox.images.kernel import BuiltKernel, build_minimal_kernel
-from smolbox.images.manifest import BASE_CMDLINE, ImageFile, ImageManifest
+from smolbox.images.manifest import BASE_CMDLINE, MINIMAL_MACHINE, ImageFile, ImageManifest
 from smolbox.images.progress import NullProgress, Progress
 from smolbox.images.rootfs import build_base_rootfs
 
@@ -40,6 +40,7 @@ class KernelArtifacts:
     inputs: dict[str, object]
     initrd: Path | None = None
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+    machine: str = MINIMAL_MACHINE
 
 
 def kernel_artifacts(kind: KernelKind, build_root: Path, progress: Progress) -> KernelArtifacts:
@@ -76,7 +77,8 @@ def stage_image(
         manifest = ImageManifest(
             name=name, version=version, kernel=KERNEL_FILE, kernel_kind=kernel.kind,
             rootfs=ROOTFS_FILE, initrd=INITRD_FILE if kernel.initrd else None,
-            cmdline=" ".join([BASE_CMDLINE, *kernel.cmdline_extra]), files=files, build=build,
+            cmdline=" ".join([BASE_CMDLINE, *kernel.cmdline_extra]), machine=kernel.machine,
+            files=files, build=build,
         )
         installed = catalog.install(image_dir, manifest)
         progress.finish(ASSEMBLE_STEP, f"{installed.ref} installed")
@@ -96,7 +98,7 @@ def build_image(
     kern = kernel_artifacts(kernel, build_root, progress)
     base = build_base_rootfs(build_root, packages, progress)
     build: dict[str, object] = {
-        "kernel": {"kind": kern.kind, **kern.inputs},
+        "kernel": {"kind": kern.kind, **kern.inputs, "cmdline": list(kern.cmdline_extra)},
         "rootfs": {"key": base.key, **base.inputs},
         "guest": assemble.guest_digest(guest_dir),
         "recipe": 1,

@@ -56,6 +56,11 @@ class InstalledImage:
     manifest: ImageManifest
 
     @property
+    def machine(self) -> str:
+        """QEMU ``-M`` value this image's kernel needs (``microvm,acpi=off,rtc=on``…)."""
+        return self.manifest.machine
+
+    @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 

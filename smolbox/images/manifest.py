@@ -23,6 +23,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BASE_CMDLINE = "console=ttyS0 root=/dev/vda rw init=/sbin/smolbox-init"
+# QEMU -M value the kernel needs: the minimal kernel finds virtio-mmio devices on the
+# command line (acpi=off makes QEMU put them there); Debian's needs ACPI for that.
+MINIMAL_MACHINE = "microvm,acpi=off,rtc=on"
 
 
 class ImageFile(BaseModel):
@@ -52,6 +55,7 @@ class ImageManifest(BaseModel):
     rootfs_format: Literal["raw-ext4"] = "raw-ext4"
     initrd: str | None = None
     cmdline: str = Field(min_length=1)
+    machine: str = MINIMAL_MACHINE
     files: dict[str, ImageFile]
     build: dict[str, Any] = Field(default_factory=dict)
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
