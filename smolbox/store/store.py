@@ -198,8 +198,8 @@ class Store:
                 (rec.id, rec.name, rec.id, rec.name), operation="insert snapshot",
             ):
                 raise errors.SnapshotAlreadyExistsError(rec.vm_id, rec.name)
-            if rec.vm_id is not None:
-                self.get_machine(rec.vm_id)
+            if rec.vm_id is not None:  # a name is accepted; the row keeps the id
+                stored = replace(stored, vm_id=self.get_machine(rec.vm_id).id)
             self._db.execute(
                 "INSERT INTO snapshots (id, name, vm_id, path, state, created_at, size, "
                 "manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -248,8 +248,9 @@ class Store:
         sql = "SELECT * FROM snapshots WHERE state = ?"
         params: list[Any] = [SnapshotState.COMPLETE.value]
         if vm_id is not None:
+            owner = self.find_machine(vm_id)
             sql += " AND vm_id = ?"
-            params.append(vm_id)
+            params.append(owner.id if owner else vm_id)
         rows = self._db.query(sql + " ORDER BY created_at, id", params)
         return [snapshot_from_row(row) for row in rows]
 

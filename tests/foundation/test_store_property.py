@@ -156,6 +156,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(snap=SNAPS, vm_id=st.one_of(st.none(), IDS))
     def snapshot(self, snap: str, vm_id: str | None) -> None:
+        vm_id = None if vm_id is None else self._resolve(vm_id)
         rec = SnapshotRecord(id=f"id-{snap}", name=snap, path=f"/s/{snap}", created_at=0.0,
                              vm_id=vm_id)
         try:
