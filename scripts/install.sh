@@ -11,7 +11,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils
   # guest images: root filesystem, ext4 image, minimal kernel from Debian's source
   debootstrap mmdebstrap e2fsprogs linux-source-6.1 build-essential bc flex bison
-  libelf-dev libssl-dev xz-utils cpio kmod
+  libelf-dev libssl-dev xz-utils cpio kmod lz4
   # networking and egress policy
   nftables iproute2
   # virtualenv for the Python side, tmux for the CLI session tests
