@@ -8,6 +8,8 @@ of the agent yields a new version that machines pinned to the old one keep using
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +18,14 @@ from typing import Literal
 
 from smolbox.errors import ImageError
 from smolbox.images import assemble
-from smolbox.images.buildcache import log_path
-from smolbox.images.catalog import DEFAULT_NAME, ImageCatalog, InstalledImage
+from smolbox.images.buildcache import cache_entry, ensure_built, log_path
+from smolbox.images.catalog import DEFAULT_NAME, VERIFIED, ImageCatalog, InstalledImage
 from smolbox.images.hashing import sha256_file, sha256_inputs
 from smolbox.images.kernel import BuiltKernel, build_minimal_kernel
 from smolbox.images.manifest import BASE_CMDLINE, MINIMAL_MACHINE, ImageFile, ImageManifest
 from smolbox.images.progress import NullProgress, Progress
 from smolbox.images.rootfs import build_base_rootfs
+from smolbox.images.runner import run_step
 
 KernelKind = Literal["minimal", "debian"]
 KERNEL_FILE = "vmlinux"
@@ -54,35 +57,89 @@ def kernel_artifacts(kind: KernelKind, build_root: Path, progress: Progress) -> 
                            inputs={"key": built.key, "source": built.inputs["source_package"]})
 
 
+def assemble_image(
+    out: Path, work: Path, *, name: str, version: str, kernel: KernelArtifacts,
+    tree_filler: Callable[[Path], None], build: dict[str, object], log: Path,
+    progress: Progress, guest_dir: Path,
+) -> ImageManifest:
+    """Fill ``out`` with the image files, ``manifest.json`` and a verification record.
+
+    ``tree_filler(tree)`` lays down the userland in ``work/tree``; the guest files
+    and ``mkfs.ext4 -d`` follow. The record lets the first ``get`` skip re-hashing
+    files whose hashes were computed right here.
+    """
+    tree = work / "tree"
+    progress.start(ASSEMBLE_STEP)
+    tree_filler(tree)
+    assemble.install_guest(tree, guest_dir)
+    assemble.make_ext4(tree, out / ROOTFS_FILE, log=log)
+    shutil.rmtree(tree)
+    shutil.copyfile(kernel.vmlinux, out / KERNEL_FILE)
+    if kernel.initrd is not None:
+        shutil.copyfile(kernel.initrd, out / INITRD_FILE)
+    files = {}
+    for path in sorted(out.iterdir()):
+        os.chmod(path, 0o444)
+        files[path.name] = ImageFile(size=path.stat().st_size, sha256=sha256_file(path))
+    manifest = ImageManifest(
+        name=name, version=version, kernel=KERNEL_FILE, kernel_kind=kernel.kind,
+        rootfs=ROOTFS_FILE, initrd=INITRD_FILE if kernel.initrd else None,
+        cmdline=" ".join([BASE_CMDLINE, *kernel.cmdline_extra]), machine=kernel.machine,
+        files=files, build=build,
+    )
+    manifest.write(out)
+    write_verified(out, manifest)
+    progress.finish(ASSEMBLE_STEP, f"{manifest.ref} assembled")
+    return manifest
+
+
+def write_verified(directory: Path, manifest: ImageManifest) -> None:
+    """Record (size, mtime, sha256) of files whose hashes are known to be right."""
+    record = {}
+    for file_name, info in manifest.files.items():
+        st = (directory / file_name).stat()
+        record[file_name] = [st.st_size, st.st_mtime_ns, info.sha256]
+    (directory / VERIFIED).write_text(json.dumps(record))
+
+
 def stage_image(
     catalog: ImageCatalog, *, name: str, version: str, kernel: KernelArtifacts,
-    tree_filler: Callable[[Path], None], build: dict[str, object], log: Path, progress: Progress,
-    guest_dir: Path,
+    tree_filler: Callable[[Path], None], build: dict[str, object], log: Path,
+    progress: Progress, guest_dir: Path,
 ) -> InstalledImage:
-    """Assemble ``tree`` via ``tree_filler(tree)``, add guest files, mkfs, install."""
+    """Assemble an image in the catalogue's staging area and install it atomically."""
     staging = catalog.staging_dir()
     try:
-        tree, image_dir = staging / "tree", staging / "image"
+        image_dir = staging / "image"
         image_dir.mkdir()
-        progress.start(ASSEMBLE_STEP)
-        tree_filler(tree)
-        assemble.install_guest(tree, guest_dir)
-        assemble.make_ext4(tree, image_dir / ROOTFS_FILE, log=log)
-        shutil.rmtree(tree)
-        shutil.copyfile(kernel.vmlinux, image_dir / KERNEL_FILE)
-        if kernel.initrd is not None:
-            shutil.copyfile(kernel.initrd, image_dir / INITRD_FILE)
-        files = {p.name: ImageFile(size=p.stat().st_size, sha256=sha256_file(p))
-                 for p in sorted(image_dir.iterdir())}
-        manifest = ImageManifest(
-            name=name, version=version, kernel=KERNEL_FILE, kernel_kind=kernel.kind,
-            rootfs=ROOTFS_FILE, initrd=INITRD_FILE if kernel.initrd else None,
-            cmdline=" ".join([BASE_CMDLINE, *kernel.cmdline_extra]), machine=kernel.machine,
-            files=files, build=build,
-        )
-        installed = catalog.install(image_dir, manifest)
-        progress.finish(ASSEMBLE_STEP, f"{installed.ref} installed")
-        return installed
+        manifest = assemble_image(image_dir, staging, name=name, version=version,
+                                  kernel=kernel, tree_filler=tree_filler, build=build,
+                                  log=log, progress=progress, guest_dir=guest_dir)
+        return catalog.install(image_dir, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_cached(catalog: ImageCatalog, entry: Path, name: str) -> InstalledImage:
+    """Install a cached assembled image: data files hard-linked (or sparse-copied
+    across filesystems), manifest and verification record written fresh."""
+    manifest = ImageManifest.read(entry)
+    if manifest.name != name:
+        manifest = manifest.model_copy(update={"name": name})
+    staging = catalog.staging_dir()
+    try:
+        image_dir = staging / "image"
+        image_dir.mkdir()
+        for file_name in manifest.files:
+            try:
+                os.link(entry / file_name, image_dir / file_name)
+            except OSError:
+                run_step(["cp", "--sparse=always", "--preserve=timestamps",
+                          str(entry / file_name), str(image_dir / file_name)],
+                         log=staging / "copy.log", step="copy image")
+        if (entry / VERIFIED).is_file():
+            shutil.copyfile(entry / VERIFIED, image_dir / VERIFIED)
+        return catalog.install(image_dir, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -110,13 +167,21 @@ def build_image(
         except ImageError as err:
             if err.code != "IMAGE_NOT_FOUND":
                 raise
-    log = log_path(build_root, "image", f"{name}-{version}")
-    log.write_text("")
+    log = log_path(build_root, "image", version)
 
     def fill(tree: Path) -> None:
         assemble.extract_tarball(base.tarball, tree, log=log)
 
-    if rebuild and (catalog.root / name / version).is_dir():
-        catalog.remove(f"{name}:{version}")
-    return stage_image(catalog, name=name, version=version, kernel=kern, tree_filler=fill,
+    def produce(out: Path, work: Path) -> None:
+        log.write_text("")
+        assemble_image(out, work, name=name, version=version, kernel=kern, tree_filler=fill,
                        build=build, log=log, progress=progress, guest_dir=guest_dir)
+
+    if rebuild:
+        if (catalog.root / name / version).is_dir():
+            catalog.remove(f"{name}:{version}")
+        shutil.rmtree(cache_entry(build_root, "image", version), ignore_errors=True)
+    # The assembled image is cached too: a fresh catalogue (a new test session, a
+    # new SMOLBOX_HOME) installs it by hard links in milliseconds.
+    entry = ensure_built(build_root, "image", version, produce)
+    return install_cached(catalog, entry, name)

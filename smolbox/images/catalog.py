@@ -240,7 +240,9 @@ class ImageCatalog:
                 replace: bool = False) -> InstalledImage:
         """Move a finished ``image_dir`` (files + manifest) into place atomically."""
         for name in manifest.files:
-            os.chmod(image_dir / name, 0o444)
+            if os.stat(image_dir / name).st_mode & 0o222:
+                os.chmod(image_dir / name, 0o444)
+        (image_dir / MANIFEST).unlink(missing_ok=True)  # never write through a hard link
         manifest.write(image_dir)
         target = self.root / manifest.name / manifest.version
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
