@@ -44,3 +44,17 @@ def test_warm_default_image_is_reused(default_image: InstalledImage) -> None:
 
     again = ensure_default_image(Paths.from_env())
     assert again.ref == default_image.ref and again.directory == default_image.directory
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_debian_kernel_image_boots(tmp_path: Path) -> None:
+    """Second kernel choice: Debian's cloud kernel + initramfs, ACPI microvm."""
+    shared = Paths.from_env()
+    paths = Paths(home=tmp_path, images=tmp_path / "images", cache=shared.cache,
+                  run=tmp_path / "run")
+    catalog = ImageCatalog(paths)
+    image = catalog.build(name="deb", kernel="debian")
+    assert image.initrd is not None and image.machine == "microvm,acpi=on,rtc=on"
+    assert "tsc_early_khz=" in image.cmdline
+    boot_until_ready(image, timeout=15.0)
