@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from smolbox.errors import ImageError
+from smolbox.errors import ImageAlreadyExistsError, ImageError
 from smolbox.images import assemble
 from smolbox.images.buildcache import cache_entry, ensure_built, log_path
 from smolbox.images.catalog import DEFAULT_NAME, VERIFIED, ImageCatalog, InstalledImage
@@ -139,7 +139,10 @@ def install_cached(catalog: ImageCatalog, entry: Path, name: str) -> InstalledIm
                          log=staging / "copy.log", step="copy image")
         if (entry / VERIFIED).is_file():
             shutil.copyfile(entry / VERIFIED, image_dir / VERIFIED)
-        return catalog.install(image_dir, manifest)
+        try:
+            return catalog.install(image_dir, manifest)
+        except ImageAlreadyExistsError:  # a concurrent build installed the same version
+            return catalog.get(manifest.ref)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import json
 import os
 import re
@@ -254,6 +255,9 @@ class ImageCatalog:
         try:
             os.rename(image_dir, target)
         except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # lost a race to another install
+                raise ImageAlreadyExistsError(f"Image {manifest.ref} is already installed",
+                                              image=manifest.ref) from None
             raise ImageError(f"Cannot install image {manifest.ref}: {err.strerror}",
                              image=manifest.ref, details={"path": str(target)}) from None
         return self.get(manifest.ref)

@@ -58,3 +58,44 @@ def test_debian_kernel_image_boots(tmp_path: Path) -> None:
     assert image.initrd is not None and image.machine == "microvm,acpi=on,rtc=on"
     assert "tsc_early_khz=" in image.cmdline
     boot_until_ready(image, timeout=15.0)
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_docker_save_of_debian_userland_boots(default_image: InstalledImage,
+                                              tmp_path: Path) -> None:
+    """Bring-your-own userland: the Debian base as a docker-save layer (plus a layer
+    that whites out a file) imports, gets the guest files + kernel, and boots."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    shared = Paths.from_env()
+    base = shared.cache / "build" / f"rootfs-{default_image.manifest.build['rootfs']['key']}"
+    top = io.BytesIO()
+    with tarfile.open(fileobj=top, mode="w") as layer:
+        marker = tarfile.TarInfo("etc/.wh.issue")
+        layer.addfile(marker)
+    archive = tmp_path / "debian-userland.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(base / "rootfs.tar", arcname="0/layer.tar")
+        info = tarfile.TarInfo("1/layer.tar")
+        info.size = len(top.getvalue())
+        tar.addfile(info, io.BytesIO(top.getvalue()))
+        manifest = json.dumps([{"Config": "c.json", "RepoTags": [],
+                                "Layers": ["0/layer.tar", "1/layer.tar"]}]).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    paths = Paths(home=tmp_path, images=tmp_path / "images", cache=shared.cache,
+                  run=tmp_path / "run")
+    image = ImageCatalog(paths).import_(archive, digest, name="byo")
+    assert image.name == "byo" and image.manifest.kernel_kind == "minimal"
+    import subprocess
+
+    issue = subprocess.run(["debugfs", "-R", "stat /etc/issue", str(image.rootfs)],
+                           capture_output=True, text=True, check=False)
+    assert "File not found" in issue.stderr, "the whiteout layer must delete /etc/issue"
+    boot_until_ready(image, timeout=10.0)

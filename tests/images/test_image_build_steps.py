@@ -195,3 +195,29 @@ def test_interrupted_build_leaves_catalogue_unchanged(catalog: ImageCatalog,
     assert len(leftovers) == 1, "the killed build's staging dir is the only trace"
     catalog.staging_dir().rmdir()  # the next install cleans up the dead build's staging
     assert list((catalog.root / ".staging").iterdir()) == []
+
+
+def test_concurrent_installs_of_one_version(catalog: ImageCatalog, tmp_path: Path) -> None:
+    """Two processes assembling the same version: one wins, the other reuses it."""
+    from smolbox.images.builder import assemble_image, install_cached
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    assemble_image(entry, tmp_path, name="t", version="1", kernel=_kernel(tmp_path),
+                   tree_filler=_tree_with_python, build={}, log=tmp_path / "log",
+                   progress=NullProgress(), guest_dir=GUEST_DIR)
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                install_cached(catalog, entry, "t")
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    assert statuses == [0, 0]
+    assert [m.ref for m in catalog.list()] == ["t:1"]
+    assert catalog.get("t:1").rootfs.stat().st_ino == (entry / "rootfs.ext4").stat().st_ino
