@@ -237,7 +237,10 @@ class AgentClient:
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 reason = f"agent socket {socket_path} is not accepting connections ({exc.strerror})"
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                    accepted = True
+                    reason = "the agent reset the connection during the handshake"
+                elif exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
                     reason = f"agent socket {socket_path}: {exc.strerror}"
                 else:
                     raise CommandExecutionUnavailableError(

@@ -319,6 +319,11 @@ class Connection:
 
     def _route(self, frame: p.Frame) -> None:
         obj = frame.json() if frame.type in p.CONTROL_TYPES else None
+        if obj is not None:
+            _check_control(frame.type, obj)  # before any state changes: a failure here
+            # must still reach this stream's waiter through fail()
+        if frame.type == p.CREDIT_FRAME and len(frame.payload) != p.CREDIT.size:
+            raise p.ProtocolViolation("credit frame of the wrong size")
         if frame.stream == 0:
             if frame.type == p.ERROR and obj is not None:
                 raise GuestProtocolError(f"the guest reported: {str(obj.get('message'))[:300]}")
@@ -345,12 +350,8 @@ class Connection:
                 stream.done = True
                 del self._streams[frame.stream]
         if frame.type == p.CREDIT_FRAME:
-            if len(frame.payload) != p.CREDIT.size:
-                raise p.ProtocolViolation("credit frame of the wrong size")
             stream.credit.grant(p.CREDIT.unpack(frame.payload)[0])
             return
-        if obj is not None:
-            _check_control(frame.type, obj)
         if final:
             stream.credit.close()
         stream.queue.put(Msg(frame.type, frame.flags, frame.payload, obj))
