@@ -32,6 +32,10 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_RELATIME = 1 << 21
 RB_POWER_OFF = 0x4321FEDC
+# A microvm booted without ACPI has no power-off device: RB_POWER_OFF only halts the
+# CPU and QEMU keeps running. The host starts QEMU with -no-reboot and the kernel with
+# reboot=t, so a reboot request is what really ends the machine.
+RB_AUTOBOOT = 0x01234567
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -126,7 +130,7 @@ def power_off() -> None:
         os.kill(-1, signal.SIGKILL)
     os.sync()
     if os.getpid() == 1:
-        _libc.reboot(RB_POWER_OFF)
+        _libc.reboot(RB_AUTOBOOT)
         _log(f"reboot failed: {os.strerror(ctypes.get_errno())}")
         while True:  # PID 1 must not exit
             time.sleep(3600)
