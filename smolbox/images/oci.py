@@ -11,6 +11,7 @@ ImageCorruptError; an unsupported one an ImageFormatError.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from smolbox.errors import ImageCorruptError, ImageFormatError
+from smolbox.errors import ImageChecksumMismatchError, ImageCorruptError, ImageFormatError
 from smolbox.images.rootpath import resolve_in_root
 
 WHITEOUT = ".wh."
@@ -94,6 +95,7 @@ def normalise(name: str) -> str:
 
 
 def _json(reader: Reader, name: str) -> Any:
+    check_blob(reader, name)
     with reader.open(name) as handle:
         try:
             return json.load(handle)
@@ -236,12 +238,33 @@ def open_reader(source: Path) -> Iterator[Reader]:
         yield TarReader(archive, source)
 
 
+def check_blob(reader: Reader, name: str) -> None:
+    """A content-addressed blob must hash to its name (the archive's checksum only pins
+    the index of a layout directory, so each blob is checked on its own)."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[:2] != ["blobs", "sha256"]:
+        return
+    digest = hashlib.sha256()
+    with reader.open(name) as handle:
+        try:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        except (tarfile.TarError, EOFError) as err:
+            raise ImageCorruptError(f"Blob {name} is damaged: {err}",
+                                    details={"member": name}) from None
+    if digest.hexdigest() != parts[2]:
+        raise ImageChecksumMismatchError(
+            f"Blob {name} does not match its digest",
+            details={"member": name, "expected": parts[2], "actual": digest.hexdigest()})
+
+
 def unpack_container_image(source: Path, tree: Path) -> int:
     """Apply every layer of the image at ``source`` onto ``tree``; returns the layer count."""
     tree.mkdir(parents=True, exist_ok=True)
     with open_reader(source) as reader:
         names = layer_names(reader)
         for name in names:
+            check_blob(reader, name)
             with reader.open(name) as layer:
                 apply_layer(layer, tree, name)
     return len(names)

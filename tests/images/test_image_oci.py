@@ -51,11 +51,24 @@ def test_truncated_docker_save_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_truncated_gzip_layer_is_corrupt(tmp_path: Path) -> None:
+    import gzip
+    import io
+
+    from imgtools_oci import layer_tar
+
+    from smolbox.errors import ImageChecksumMismatchError
+    from smolbox.images.oci import apply_layer
+
+    data = gzip.compress(layer_tar(BASE))[:-40]
+    with pytest.raises(ImageCorruptError) as info:
+        apply_layer(io.BytesIO(data), tmp_path / "tree", "layer0")
+    assert info.value.details["layer"] == "layer0"
+    # inside a layout the truncated blob no longer matches its digest
     layout = oci_layout(tmp_path / "layout", [BASE])
     blob = max((tmp_path / "layout/blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
     blob.write_bytes(blob.read_bytes()[:-40])
-    with pytest.raises(ImageCorruptError):
-        unpack_container_image(layout, tmp_path / "tree")
+    with pytest.raises(ImageChecksumMismatchError):
+        unpack_container_image(layout, tmp_path / "tree2")
 
 
 def test_unknown_format(tmp_path: Path) -> None:
@@ -89,3 +102,25 @@ def test_resolve_in_root_never_leaves_the_tree(tmp_path: Path) -> None:
     assert resolve_in_root(tree, "abs", follow_last=False) == tree / "abs"
     with pytest.raises(RootfsError):
         resolve_in_root(tree, "loop/x")
+
+
+def test_tampered_blob_in_layout_is_checksum_mismatch(tmp_path: Path) -> None:
+    """index.json pins the rest by digest: a swapped layer blob is caught."""
+    from smolbox.errors import ImageChecksumMismatchError
+
+    layout = oci_layout(tmp_path / "layout", [BASE], gzip_layers=False)
+    blob = max((tmp_path / "layout/blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[600] ^= 0xFF  # inside the first file's data: still a valid tar
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ImageChecksumMismatchError):
+        unpack_container_image(layout, tmp_path / "tree")
+
+
+def test_missing_kernel_source_package_is_host_tool_missing() -> None:
+    from smolbox.errors import HostToolMissingError
+    from smolbox.images.kernel import find_source
+
+    with pytest.raises(HostToolMissingError) as info:
+        find_source("linux-source-0.0-smolbox-absent")
+    assert info.value.code == "HOST_TOOL_MISSING" and "apt-get install" in info.value.help
