@@ -91,7 +91,9 @@ class Engine:
         return self.store.get_machine(vm)
 
     def list_machines(self, states: set[MachineState] | None = None) -> list[MachineRecord]:
-        return self.store.list_machines(states)
+        """Machines that exist (rows being deleted are not listed unless asked for)."""
+        wanted = states if states is not None else set(MachineState) - {MachineState.DELETED}
+        return self.store.list_machines(wanted)
 
     def layout(self, vm_id: str) -> MachineLayout:
         return MachineLayout.of(self.paths, vm_id)
@@ -124,6 +126,12 @@ class Engine:
             config = MachineConfig()
         elif not isinstance(config, MachineConfig):
             config = MachineConfig.model_validate(dict(config))
+        if config.mounts:
+            raise errors.NotSupportedError(
+                "Host directory mounts are not implemented yet",
+                operation="create", reason="virtiofs mounts are not wired into the engine",
+                help="Copy files in with the files API (`smolbox cp`, `machine.files`).",
+            )
         image = self.images.get(config.image)
         vm_id = new_machine_id()
         layout = self.layout(vm_id)
@@ -135,6 +143,7 @@ class Engine:
             layout.create()
             if start and self._uses_template(config):
                 template = self.template_for(image, config)
+                self.store.update_machine(vm_id, source_snapshot=template.name)
                 self._boot_from_snapshot(vm_id, config, template, layout)
             else:
                 create_overlay(image.rootfs, layout.disk, base_format="raw",

@@ -41,7 +41,7 @@ class QMPSession:
     def __enter__(self) -> QMPSession:
         try:
             self._run(self._client.connect(str(self.socket_path)))
-        except (TimeoutError, ConnectError, OSError) as err:
+        except (TimeoutError, ConnectError, OSError, EOFError) as err:
             self._close_loop()
             raise errors.VMMError(
                 f"Cannot reach QEMU's monitor at {self.socket_path}: {err}",
@@ -54,7 +54,7 @@ class QMPSession:
                  tb: TracebackType | None) -> None:
         try:
             self._run(self._client.disconnect(), timeout=2.0)
-        except (TimeoutError, LibraryQMPError, OSError):
+        except (TimeoutError, LibraryQMPError, OSError, EOFError):
             pass  # the VM may be gone already (e.g. after `quit`)
         finally:
             self._close_loop()

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def machine(engine: Engine) -> Iterator[MachineRecord]:
-    record = engine.create(MachineConfig(name="shared-exec", env={"GREETING": "hi"}))
+    # A cold boot: this module covers that path (templates are covered in test_snapshots_vm).
+    record = engine.create(MachineConfig(name="shared-exec", env={"GREETING": "hi"},
+                                         from_template=False))
     yield record
     engine.delete(record.id, force=True)
 
@@ -41,9 +43,11 @@ def assert_gone(engine: Engine, record: MachineRecord) -> None:
     assert record.id not in qemu_processes_under(engine.paths.run).values()
 
 
-def test_create_exec_delete_leaves_nothing(engine: Engine) -> None:
-    record = engine.create(MachineConfig())
+@pytest.mark.parametrize("from_template", [False, True], ids=["cold-boot", "from-template"])
+def test_create_exec_delete_leaves_nothing(engine: Engine, from_template: bool) -> None:
+    record = engine.create(MachineConfig(from_template=from_template))
     assert record.state == MachineState.RUNNING
+    assert (record.source_snapshot is not None) == from_template
     result = engine.exec(record.id, ["python3", "-c", "print(6*7)"])
     assert result.stdout == "42\n"
     assert result.exit_code == 0 and result.success
@@ -197,7 +201,7 @@ def test_reconcile_kills_orphaned_qemu_and_removes_its_files(engine: Engine) -> 
 def test_boot_timeout_reports_console_tail_and_cleans_up(engine: Engine) -> None:
     before = {r.id for r in engine.list_machines()}
     with pytest.raises(errors.OperationTimeoutError) as caught:
-        engine.create(MachineConfig(timeouts={"boot": 0.3}))
+        engine.create(MachineConfig(timeouts={"boot": 0.3}, from_template=False))
     assert "console_tail" in caught.value.details
     assert {r.id for r in engine.list_machines()} == before
     assert not [d for d in engine.paths.machines.iterdir() if d.name not in before]
