@@ -178,7 +178,7 @@ def _inet_table(p: MachinePolicy, name: str) -> list[str]:
             *rules,
             "  }",
             "  chain dnat_local {",
-            "    type nat hook output priority dstnat; policy accept;",
+            "    type nat hook output priority -100; policy accept;",
             *rules,
             "  }",
         ]
