@@ -77,3 +77,31 @@ def log_path(build_root: Path, kind: str, key: str) -> Path:
     logs = build_root / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     return logs / f"{kind}-{key}.log"
+
+
+def prune(build_root: Path, kind: str, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest entries of ``kind``; returns what was removed.
+
+    Used for assembled images, which change with every guest-agent edit. Installed
+    images hold hard links, so pruning the cache never breaks the catalogue. An entry
+    whose lock is held (being built or installed right now) is left alone.
+    """
+    entries = sorted((p for p in build_root.glob(f"{kind}-*") if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for entry in entries[keep:]:
+        lock_path = build_root / f".{entry.name}.lock"
+        with lock_path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                doomed = build_root / f".tmp-prune-{entry.name}"
+                os.rename(entry, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(entry)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        lock_path.unlink(missing_ok=True)
+    return removed

@@ -18,7 +18,7 @@ from typing import Literal
 
 from smolbox.errors import ImageAlreadyExistsError, ImageError
 from smolbox.images import assemble
-from smolbox.images.buildcache import cache_entry, ensure_built, log_path
+from smolbox.images.buildcache import cache_entry, ensure_built, log_path, prune
 from smolbox.images.catalog import DEFAULT_NAME, VERIFIED, ImageCatalog, InstalledImage
 from smolbox.images.hashing import sha256_file, sha256_inputs
 from smolbox.images.kernel import BuiltKernel, build_minimal_kernel
@@ -32,6 +32,7 @@ KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initrd.img"
 ROOTFS_FILE = "rootfs.ext4"
 ASSEMBLE_STEP = "assemble rootfs"
+CACHED_IMAGES = 4  # assembled images kept in the build cache (one per guest-agent change)
 
 
 @dataclass(frozen=True)
@@ -187,4 +188,6 @@ def build_image(
     # The assembled image is cached too: a fresh catalogue (a new test session, a
     # new SMOLBOX_HOME) installs it by hard links in milliseconds.
     entry = ensure_built(build_root, "image", version, produce)
-    return install_cached(catalog, entry, name)
+    installed = install_cached(catalog, entry, name)
+    prune(build_root, "image", keep=CACHED_IMAGES)
+    return installed

@@ -221,3 +221,21 @@ def test_concurrent_installs_of_one_version(catalog: ImageCatalog, tmp_path: Pat
     assert statuses == [0, 0]
     assert [m.ref for m in catalog.list()] == ["t:1"]
     assert catalog.get("t:1").rootfs.stat().st_ino == (entry / "rootfs.ext4").stat().st_ino
+
+
+def test_prune_keeps_newest_and_skips_locked(tmp_path: Path) -> None:
+    import fcntl
+
+    from smolbox.images.buildcache import prune
+
+    for n in range(4):
+        entry = tmp_path / f"image-v{n}"
+        entry.mkdir()
+        (entry / "f").write_text(str(n))
+        os.utime(entry, (1_000 + n, 1_000 + n))
+    with (tmp_path / ".image-v0.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # v0 is being installed right now
+        removed = prune(tmp_path, "image", keep=2)
+    assert [p.name for p in removed] == ["image-v1"]
+    assert sorted(p.name for p in tmp_path.glob("image-*")) == ["image-v0", "image-v2",
+                                                                "image-v3"]
