@@ -42,17 +42,17 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 
 _SERVER = r"""
 import socket, sys, threading
-kind, port = sys.argv[1], int(sys.argv[2])
+kind, port, bind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if kind == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    s.bind((bind, port))
     print("ready", flush=True)
     while True:
         data, peer = s.recvfrom(512)
         s.sendto(b"pong:" + data, peer)
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+s.bind((bind, port))
 s.listen(16)
 print("ready", flush=True)
 while True:
@@ -104,9 +104,12 @@ class NetLab:
     guests: list[str] = field(default_factory=list)
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def serve(self, ns: str, port: int = SERVER_PORT, kind: str = "tcp") -> None:
+    def serve(self, ns: str, port: int = SERVER_PORT, kind: str = "tcp",
+              bind: str = "0.0.0.0") -> None:
+        """A server answering "hello"/"pong"; UDP ones bind one address so replies
+        leave from the address the client asked (else NAT cannot match them)."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _SERVER,
-                                 kind, str(port)], stdout=subprocess.PIPE, text=True)
+                                 kind, str(port), bind], stdout=subprocess.PIPE, text=True)
         self.servers.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
 
