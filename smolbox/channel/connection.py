@@ -354,7 +354,7 @@ class Connection:
             return
         if final:
             stream.credit.close()
-        stream.queue.put(Msg(frame.type, frame.flags, frame.payload, obj))
+        stream.queue.put(Msg(frame.type, frame.flags, bytes(frame.payload), obj))
 
     @staticmethod
     def _is_final(frame: p.Frame) -> bool:

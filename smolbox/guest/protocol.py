@@ -69,7 +69,7 @@ def pack_json(ftype: int, stream: int, obj: dict[str, Any], flags: int = 0) -> b
     return pack(ftype, stream, json.dumps(obj, separators=(",", ":")).encode(), flags)
 
 
-def decode_json(payload: bytes) -> dict[str, Any]:
+def decode_json(payload: bytes | bytearray) -> dict[str, Any]:
     """A control payload as a dict; anything else is a violation."""
     try:
         obj = json.loads(payload)
@@ -80,12 +80,26 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+def parse_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int, int]:
+    """Check one header; returns (type, flags, stream, length) or raises ProtocolViolation."""
+    magic, version, ftype, flags, stream, length = HEADER.unpack_from(buf, offset)
+    if magic != MAGIC:
+        raise ProtocolViolation(f"bad frame magic {bytes(magic)!r}")
+    if version != VERSION:
+        raise ProtocolViolation(f"unsupported protocol version {version}")
+    if ftype not in KNOWN_TYPES:
+        raise ProtocolViolation(f"unknown frame type {ftype}")
+    if length > MAX_FRAME:
+        raise ProtocolViolation(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    return ftype, flags, stream, length
+
+
 class Frame:
     """A decoded frame (a plain class with slots: allocated per frame, keep it cheap)."""
 
     __slots__ = ("flags", "payload", "stream", "type", "version")
 
-    def __init__(self, ftype: int, flags: int, stream: int, payload: bytes,
+    def __init__(self, ftype: int, flags: int, stream: int, payload: bytes | bytearray,
                  version: int = VERSION) -> None:
         self.version = version
         self.type = ftype
@@ -126,6 +140,12 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def take_rest(self) -> bytes:
+        """Everything buffered and not yet parsed (handed to a FrameReader)."""
+        rest = bytes(self._buf[self._pos:])
+        self.clear()
+        return rest
+
     def clear(self) -> None:
         self._buf = bytearray()
         self._pos = 0
@@ -136,15 +156,7 @@ class FrameDecoder:
         pos = self._pos
         if len(buf) - pos < HEADER_SIZE:
             return None
-        magic, version, ftype, flags, stream, length = HEADER.unpack_from(buf, pos)
-        if magic != MAGIC:
-            raise ProtocolViolation(f"bad frame magic {bytes(magic)!r}")
-        if version != VERSION:
-            raise ProtocolViolation(f"unsupported protocol version {version}")
-        if ftype not in KNOWN_TYPES:
-            raise ProtocolViolation(f"unknown frame type {ftype}")
-        if length > MAX_FRAME:
-            raise ProtocolViolation(f"frame of {length} bytes exceeds {MAX_FRAME}")
+        ftype, flags, stream, length = parse_header(buf, pos)
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
