@@ -20,7 +20,8 @@ MODES = ("none", "user", "tap")
 
 
 def _reraise(err: ValidationError, prefix: str) -> NetworkConfigError:
-    field = f"{prefix}.{err.details.get('field')}" if err.details.get("field") else prefix
+    inner = err.details.get("field")
+    field = f"{prefix}.{inner}" if inner and inner != "config" else prefix  # "config": whole model
     return NetworkConfigError(f"Invalid network setting {field}: {err.message}",
                               field=field, value=err.details.get("value"))
 

@@ -19,6 +19,7 @@ from smolbox.network import NetSettings, NetworkManager
 from smolbox.network.names import tap_name
 from smolbox.paths import Paths
 from smolbox.store import Store
+
 from .conftest import GUEST_NET, NetLab, add_machine, in_ns, sh
 
 TAP_CONFIG = MachineConfig.model_validate({
