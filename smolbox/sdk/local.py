@@ -1,0 +1,144 @@
+"""LocalBackend: the SDK on the embedded engine in this process (no daemon).
+
+Why so thin: the engine already owns lifecycles, state and cleanup; this class
+only translates store records to the wire models and keeps the engine's guest
+context around file operations so a dead VMM surfaces as ``VMCrashedError``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from smolbox.channel.types import ExecEvent, ExecResult, FileStat
+from smolbox.engine.engine import Engine
+from smolbox.engine.states import MachineState
+from smolbox.paths import Paths
+from smolbox.sdk.backend import Command, ShellSession
+from smolbox.sdk.models import MachineInfo, SnapshotInfo
+from smolbox.sdk.pty import AgentShell
+
+
+class LocalBackend:
+    """Machines on this host through :class:`smolbox.engine.engine.Engine`.
+
+    Pass ``engine`` to share one (it is then not closed by :meth:`close`);
+    otherwise one is opened on ``paths`` (default: from the environment).
+    """
+
+    name = "local"
+
+    def __init__(self, engine: Engine | None = None, *, paths: Paths | None = None) -> None:
+        self._owned = engine is None
+        self.engine = engine if engine is not None else Engine(paths)
+
+    # ---------------------------------------------------------------- machines
+    def create(self, config: Mapping[str, Any], *, start: bool = True) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.create(config, start=start))
+
+    def get(self, vm: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.get(vm))
+
+    def list(self, states: set[str] | None = None) -> list[MachineInfo]:
+        wanted = {MachineState(s) for s in states} if states else None
+        return [MachineInfo.from_record(r) for r in self.engine.list_machines(wanted)]
+
+    def info(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self.engine.info(vm))
+
+    def start(self, vm: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.start(vm))
+
+    def stop(self, vm: str, *, graceful: bool = True) -> str:
+        return self.engine.stop(vm, graceful=graceful)
+
+    def restart(self, vm: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.restart(vm))
+
+    def pause(self, vm: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.pause(vm))
+
+    def resume(self, vm: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.resume(vm))
+
+    def delete(self, vm: str, *, force: bool = False) -> None:
+        self.engine.delete(vm, force=force)
+
+    def logs(self, vm: str, *, follow: bool = False) -> Iterator[str]:
+        return self.engine.logs(vm, follow=follow)
+
+    # ---------------------------------------------------------------- commands
+    def exec(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
+             cwd: str | None = None, user: str | None = None, stdin: bytes | None = None,
+             timeout: float | None = None) -> ExecResult:
+        return self.engine.exec(vm, cmd, env=env, cwd=cwd, user=user, stdin=stdin,
+                                timeout=timeout)
+
+    def exec_stream(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
+                    cwd: str | None = None, user: str | None = None,
+                    stdin: bytes | None = None,
+                    timeout: float | None = None) -> Iterator[ExecEvent]:
+        return self.engine.exec_stream(vm, cmd, env=env, cwd=cwd, user=user, stdin=stdin,
+                                       timeout=timeout)
+
+    def shell(self, vm: str, *, command: builtins.list[str] | None = None, rows: int = 24,
+              cols: int = 80, env: dict[str, str] | None = None) -> ShellSession:
+        return AgentShell(self.engine.guest(vm, "shell"), command, rows, cols, env)
+
+    # ------------------------------------------------------------------- files
+    def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
+                   mode: int = 0o644) -> None:
+        with self.engine.guest(vm, "write_file") as agent:
+            agent.write_file(path, data, mode=mode)
+
+    def read_file(self, vm: str, path: str) -> Iterator[bytes]:
+        with self.engine.guest(vm, "read_file") as agent:
+            yield from agent.read_file_stream(path)
+
+    def list_dir(self, vm: str, path: str) -> builtins.list[FileStat]:
+        with self.engine.guest(vm, "list") as agent:
+            return agent.list_dir(path)
+
+    def stat(self, vm: str, path: str) -> FileStat:
+        with self.engine.guest(vm, "stat") as agent:
+            return agent.stat(path)
+
+    def mkdir(self, vm: str, path: str, *, parents: bool = True) -> None:
+        with self.engine.guest(vm, "mkdir") as agent:
+            agent.mkdir(path, parents=parents)
+
+    def remove(self, vm: str, path: str, *, recursive: bool = False) -> None:
+        with self.engine.guest(vm, "remove") as agent:
+            agent.remove(path, recursive=recursive)
+
+    # --------------------------------------------------------------- snapshots
+    def snapshot(self, vm: str, name: str) -> SnapshotInfo:
+        return SnapshotInfo.from_record(self.engine.snapshot(vm, name))
+
+    def list_snapshots(self, vm: str | None = None) -> builtins.list[SnapshotInfo]:
+        return [SnapshotInfo.from_record(s) for s in self.engine.list_snapshots(vm)]
+
+    def get_snapshot(self, name: str) -> SnapshotInfo:
+        return SnapshotInfo.from_record(self.engine.get_snapshot(name))
+
+    def delete_snapshot(self, name: str) -> None:
+        self.engine.delete_snapshot(name)
+
+    def fork(self, snapshot: str, count: int = 1, *, names: builtins.list[str] | None = None,
+             env: dict[str, str] | None = None) -> builtins.list[MachineInfo]:
+        return [MachineInfo.from_record(r)
+                for r in self.engine.fork(snapshot, count, names=names, env=env)]
+
+    def restore(self, vm: str, snapshot: str) -> MachineInfo:
+        return MachineInfo.from_record(self.engine.restore(vm, snapshot))
+
+    def close(self) -> None:
+        if self._owned:
+            self.engine.close()
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,344 @@
+"""RemoteBackend: the SDK over HTTP to ``smolbox serve`` (httpx).
+
+Why errors come back as the same classes: the server sends ``err.to_dict()`` with
+``err.http_status``; :func:`errors.from_wire` rebuilds the catalogue class, so
+``except VMNotFoundError`` works identically on both backends. A status without a
+smolbox body (a proxy's 502, say) becomes its family class via
+``errors.error_for_status``; transport failures become ``ConnectionError``.
+
+Retries: only requests marked idempotent (GET/PUT/DELETE, and nothing that
+creates) are retried, on ConnectionError and 408/429/502/503/504, with the
+:class:`RetryPolicy`'s capped backoff or the server's ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+import httpx
+
+from smolbox import errors
+from smolbox.channel.types import ExecEvent, ExecResult, FileStat
+from smolbox.sdk.backend import Command, ShellSession
+from smolbox.sdk.models import (
+    ExecEventModel,
+    ExecRequest,
+    ExecResultModel,
+    FileStatModel,
+    MachineInfo,
+    SnapshotInfo,
+    StopResult,
+)
+from smolbox.sdk.retry import RetryPolicy
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+LONG = httpx.Timeout(None, connect=5.0)  # create, fork, snapshot, streams: no read limit
+UPLOAD_CHUNK = 1 << 20
+
+
+def error_from_response(response: httpx.Response) -> errors.SmolboxError:
+    """The catalogue error a non-2xx response stands for (body read already)."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) \
+            and "code" in body["error"]:
+        return errors.from_wire(body)
+    cls = errors.error_for_status(response.status_code)
+    err = cls.__new__(cls)
+    errors.SmolboxError.__init__(
+        err, f"HTTP {response.status_code} from {response.request.url}",
+        details={"status": response.status_code, "body": response.text[:500]})
+    return err
+
+
+def _cmd(cmd: Command) -> list[str] | str:
+    return cmd if isinstance(cmd, str) else list(cmd)
+
+
+class RemoteBackend:
+    """Machines on a smolbox server.
+
+    ``url`` and ``token`` default to ``SMOLBOX_URL`` and ``SMOLBOX_TOKEN``;
+    ``transport`` and ``retry`` customise httpx and the retry policy.
+    """
+
+    name = "remote"
+
+    def __init__(self, url: str | None = None, *, token: str | None = None,
+                 retry: RetryPolicy | None = None, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        base = url or os.environ.get("SMOLBOX_URL")
+        if not base:
+            raise errors.ValidationError(
+                "No server URL: pass url= or set SMOLBOX_URL", field="url",
+                help="Start a server with `smolbox serve` and set SMOLBOX_URL to its address.")
+        token = token if token is not None else os.environ.get("SMOLBOX_TOKEN")
+        self.url = base.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        headers = {"User-Agent": "smolbox-sdk"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(base_url=self.url + "/v1", headers=headers,
+                                    timeout=timeout, transport=transport)
+
+    # ------------------------------------------------------------------- core
+    def _send(self, method: str, path: str, *, idempotent: bool, stream: bool = False,
+              **kwargs: Any) -> httpx.Response:
+        """One request with retries; returns a 2xx response or raises a catalogue error."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                request = self._client.build_request(method, path, **kwargs)
+                response = self._client.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                err: errors.SmolboxError = errors.RequestTimeoutError(
+                    f"{method} {path}", 0.0,
+                    message=f"No answer from {self.url} in time ({type(exc).__name__})",
+                    help="Raise the client timeout, or check the server's load.")
+                retry_after = None
+            except httpx.TransportError as exc:
+                err = errors.ConnectionError(
+                    f"Cannot reach the smolbox server at {self.url}: {exc}", url=self.url)
+                retry_after = None
+            else:
+                if response.is_success:
+                    return response
+                response.read()
+                response.close()
+                err = error_from_response(response)
+                retry_after = response.headers.get("Retry-After")
+                if not (idempotent and self.retry.should_retry_status(response.status_code,
+                                                                      attempt)):
+                    raise err
+                self.retry.sleep(self.retry.delay(attempt, retry_after))
+                continue
+            if not (idempotent and self.retry.can_retry(attempt)):
+                raise err
+            self.retry.sleep(self.retry.delay(attempt, retry_after))
+
+    def _json(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
+        response = self._send(method, path, idempotent=idempotent, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.InternalError(
+                f"The server sent a response that is not JSON for {method} {path}",
+                details={"body": response.text[:500]}) from None
+
+    @contextmanager
+    def _stream(self, method: str, path: str, *, idempotent: bool,
+                **kwargs: Any) -> Iterator[httpx.Response]:
+        response = self._send(method, path, idempotent=idempotent, stream=True, **kwargs)
+        try:
+            yield response
+        except httpx.TransportError as exc:
+            raise errors.ConnectionError(
+                f"The connection to {self.url} broke during {method} {path}: {exc}",
+                url=self.url) from None
+        finally:
+            response.close()
+
+    # --------------------------------------------------------------- machines
+    def create(self, config: Mapping[str, Any], *, start: bool = True) -> MachineInfo:
+        data = self._json("POST", "/machines", idempotent=False, json=dict(config),
+                          params={"start": start}, timeout=LONG)
+        return MachineInfo.model_validate(data)
+
+    def get(self, vm: str) -> MachineInfo:
+        return self.info(vm)
+
+    def list(self, states: set[str] | None = None) -> builtins.list[MachineInfo]:
+        params = {"state": sorted(states)} if states else None
+        data = self._json("GET", "/machines", idempotent=True, params=params)
+        return [MachineInfo.model_validate(item) for item in data]
+
+    def info(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self._json("GET", f"/machines/{vm}", idempotent=True))
+
+    def _action(self, vm: str, action: str, **params: Any) -> Any:
+        return self._json("POST", f"/machines/{vm}/{action}", idempotent=False,
+                          params=params or None, timeout=LONG)
+
+    def start(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self._action(vm, "start"))
+
+    def stop(self, vm: str, *, graceful: bool = True) -> str:
+        return StopResult.model_validate(self._action(vm, "stop", graceful=graceful)).stopped_by
+
+    def restart(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self._action(vm, "restart"))
+
+    def pause(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self._action(vm, "pause"))
+
+    def resume(self, vm: str) -> MachineInfo:
+        return MachineInfo.model_validate(self._action(vm, "resume"))
+
+    def delete(self, vm: str, *, force: bool = False) -> None:
+        self._send("DELETE", f"/machines/{vm}", idempotent=True, params={"force": force},
+                   timeout=LONG)
+
+    def logs(self, vm: str, *, follow: bool = False) -> Iterator[str]:
+        with self._stream("GET", f"/machines/{vm}/logs", idempotent=True,
+                          params={"follow": follow}, timeout=LONG) as response:
+            yield from response.iter_text()
+
+    # --------------------------------------------------------------- commands
+    def _exec_body(self, cmd: Command, env: dict[str, str] | None, cwd: str | None,
+                   user: str | None, stdin: bytes | None, timeout: float | None) -> Any:
+        import base64
+
+        request = ExecRequest(cmd=_cmd(cmd), env=env, cwd=cwd, user=user, timeout=timeout,
+                              stdin_b64=None if stdin is None
+                              else base64.b64encode(stdin).decode())
+        return request.model_dump(mode="json", exclude_none=True)
+
+    def exec(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
+             cwd: str | None = None, user: str | None = None, stdin: bytes | None = None,
+             timeout: float | None = None) -> ExecResult:
+        data = self._json("POST", f"/machines/{vm}/exec", idempotent=False,
+                          json=self._exec_body(cmd, env, cwd, user, stdin, timeout),
+                          timeout=LONG)
+        return ExecResultModel.model_validate(data).result()
+
+    def exec_stream(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
+                    cwd: str | None = None, user: str | None = None,
+                    stdin: bytes | None = None,
+                    timeout: float | None = None) -> Iterator[ExecEvent]:
+        body = self._exec_body(cmd, env, cwd, user, stdin, timeout)
+        with self._stream("POST", f"/machines/{vm}/exec/stream", idempotent=False, json=body,
+                          timeout=LONG) as response:
+            for event, data in _sse(response.iter_lines()):
+                if event == "error":
+                    raise errors.from_wire(data)
+                parsed = ExecEventModel.model_validate_json(data).event()
+                yield parsed
+                if parsed.kind == "exit":
+                    return
+        raise errors.ConnectionError(
+            f"The exec stream from {self.url} ended without an exit event", url=self.url)
+
+    def shell(self, vm: str, *, command: builtins.list[str] | None = None, rows: int = 24,
+              cols: int = 80, env: dict[str, str] | None = None) -> ShellSession:
+        raise errors.NotSupportedError(
+            "Interactive shells are not served over the REST API yet", operation="shell",
+            reason="the server has no terminal (WebSocket) endpoint",
+            help="Run `smolbox shell` on the server host (local backend), or use exec.")
+
+    # ------------------------------------------------------------------ files
+    def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
+                   mode: int = 0o644) -> None:
+        if isinstance(data, bytes | bytearray | memoryview):
+            content: Any = bytes(data)
+            idempotent = True
+        else:
+            content = _chunks(data)  # a stream can be sent once: no retries
+            idempotent = False
+        self._send("PUT", f"/machines/{vm}/files/content", idempotent=idempotent,
+                   params={"path": path, "mode": mode}, content=content,
+                   headers={"Content-Type": "application/octet-stream"}, timeout=LONG)
+
+    def read_file(self, vm: str, path: str) -> Iterator[bytes]:
+        with self._stream("GET", f"/machines/{vm}/files/content", idempotent=True,
+                          params={"path": path}, timeout=LONG) as response:
+            yield from response.iter_bytes()
+
+    def list_dir(self, vm: str, path: str) -> builtins.list[FileStat]:
+        data = self._json("GET", f"/machines/{vm}/files/list", idempotent=True,
+                          params={"path": path})
+        return [FileStatModel.model_validate(item).stat() for item in data]
+
+    def stat(self, vm: str, path: str) -> FileStat:
+        data = self._json("GET", f"/machines/{vm}/files/stat", idempotent=True,
+                          params={"path": path})
+        return FileStatModel.model_validate(data).stat()
+
+    def mkdir(self, vm: str, path: str, *, parents: bool = True) -> None:
+        self._send("POST", f"/machines/{vm}/files/mkdir", idempotent=True,
+                   params={"path": path, "parents": parents})
+
+    def remove(self, vm: str, path: str, *, recursive: bool = False) -> None:
+        self._send("DELETE", f"/machines/{vm}/files", idempotent=True,
+                   params={"path": path, "recursive": recursive})
+
+    # -------------------------------------------------------------- snapshots
+    def snapshot(self, vm: str, name: str) -> SnapshotInfo:
+        data = self._json("POST", f"/machines/{vm}/snapshots", idempotent=False,
+                          json={"name": name}, timeout=LONG)
+        return SnapshotInfo.model_validate(data)
+
+    def list_snapshots(self, vm: str | None = None) -> builtins.list[SnapshotInfo]:
+        data = self._json("GET", "/snapshots", idempotent=True,
+                          params={"vm": vm} if vm else None)
+        return [SnapshotInfo.model_validate(item) for item in data]
+
+    def get_snapshot(self, name: str) -> SnapshotInfo:
+        return SnapshotInfo.model_validate(self._json("GET", f"/snapshots/{name}",
+                                                      idempotent=True))
+
+    def delete_snapshot(self, name: str) -> None:
+        self._send("DELETE", f"/snapshots/{name}", idempotent=True)
+
+    def fork(self, snapshot: str, count: int = 1, *, names: builtins.list[str] | None = None,
+             env: dict[str, str] | None = None) -> builtins.list[MachineInfo]:
+        body: dict[str, Any] = {"count": count}
+        if names is not None:
+            body["names"] = names
+        if env is not None:
+            body["env"] = env
+        data = self._json("POST", f"/snapshots/{snapshot}/fork", idempotent=False, json=body,
+                          timeout=LONG)
+        return [MachineInfo.model_validate(item) for item in data]
+
+    def restore(self, vm: str, snapshot: str) -> MachineInfo:
+        data = self._json("POST", f"/machines/{vm}/restore", idempotent=False,
+                          json={"snapshot": snapshot}, timeout=LONG)
+        return MachineInfo.model_validate(data)
+
+    # ------------------------------------------------------------------ misc
+    def healthz(self) -> dict[str, Any]:
+        response = self._client.get(self.url + "/healthz")
+        if not response.is_success:
+            raise error_from_response(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chunks(source: BinaryIO) -> Iterator[bytes]:
+    while chunk := source.read(UPLOAD_CHUNK):
+        yield chunk
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from server-sent event lines."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", list[str]()
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield event, "\n".join(data)
+
+
+__all__ = ["RemoteBackend", "error_from_response"]

@@ -1,0 +1,70 @@
+"""``create_app``: the FastAPI application behind ``smolbox serve``.
+
+Why it takes an engine: tests and embedders share one engine (and its agent
+connections) with the server; ``smolbox serve`` lets the app open its own and
+close it at shutdown. Either way the state lives in the store, so the CLI and the
+server see the same machines.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+import smolbox
+from smolbox.engine.engine import Engine
+from smolbox.sdk.local import LocalBackend
+from smolbox.server import errors as error_handlers
+from smolbox.server.auth import require_token
+from smolbox.server.metrics import Metrics
+from smolbox.server.middleware import RequestContextMiddleware
+from smolbox.server.routes import commands, files, health, machines, snapshots
+from smolbox.server.settings import ServerSettings
+
+API_PREFIX = "/v1"
+
+
+def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
+    """The app; with ``engine=None`` it opens an Engine at startup and closes it at shutdown."""
+    backend = LocalBackend(engine) if engine is not None else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = None
+        if app.state.backend is None:
+            owned = LocalBackend()
+            app.state.backend = owned
+        try:
+            yield
+        finally:
+            if owned is not None:
+                owned.close()
+                app.state.backend = None
+
+    app = FastAPI(
+        title="smolbox", version=smolbox.__version__, lifespan=lifespan,
+        description="Disposable microVM sandboxes. Every error body is "
+                    "`{\"error\": {code, message, details, help, retryable}}`.",
+    )
+    app.state.settings = settings
+    app.state.backend = backend
+
+    def count_by_state() -> dict[str, int]:
+        current: LocalBackend | None = app.state.backend
+        if current is None:
+            return {}
+        return dict(Counter(str(r.state) for r in current.engine.list_machines()))
+
+    app.state.metrics = Metrics(count_by_state)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    error_handlers.install(app)
+
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    for module in (machines, commands, files, snapshots):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app
