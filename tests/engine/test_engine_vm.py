@@ -20,6 +20,7 @@ from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
 from smolbox.engine.reconcile import qemu_processes_under
 from smolbox.engine.states import MachineState
+from smolbox.host.procs import ProcessIdentity
 from smolbox.store import MachineRecord
 
 pytestmark = pytest.mark.vm
@@ -32,6 +33,14 @@ def machine(engine: Engine) -> Iterator[MachineRecord]:
                                          from_template=False))
     yield record
     engine.delete(record.id, force=True)
+
+
+def wait_until_dead(identity: ProcessIdentity) -> None:
+    """SIGKILL is asynchronous: wait until the kernel has really ended the process."""
+    deadline = time.monotonic() + 10
+    while identity.is_alive():
+        assert time.monotonic() < deadline, "process survived SIGKILL"
+        time.sleep(0.01)
 
 
 def assert_gone(engine: Engine, record: MachineRecord) -> None:
@@ -171,8 +180,9 @@ def test_kill_9_during_exec_gives_a_typed_error_then_error_state(engine: Engine)
 
 def test_reconcile_marks_a_silently_dead_machine_error(engine: Engine) -> None:
     record = engine.create(MachineConfig())
-    assert record.pid is not None
+    assert record.pid is not None and record.pid_start_time is not None
     os.kill(record.pid, signal.SIGKILL)
+    wait_until_dead(ProcessIdentity(record.pid, record.pid_start_time))
     with Engine() as other_process_view:
         report = other_process_view.reconcile()
     assert record.id in report.marked_error
