@@ -162,9 +162,14 @@ class NetworkManager:
     # ----------------------------------------------------------------- inside
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One host-network change at a time per bridge, across processes."""
+        """One host-network change at a time per bridge, across processes.
+
+        The host's bridge is shared by every smolbox on the host, so its lock is a
+        fixed file in /run/lock; a dedicated namespace belongs to one installation,
+        so its lock lives in that installation's run directory (and goes with it).
+        """
         base = Path("/run/lock")
-        if not os.access(base, os.W_OK):
+        if self.settings.netns is not None or not os.access(base, os.W_OK):
             base = self.paths.run
             base.mkdir(parents=True, exist_ok=True)
         where = self.settings.netns or "host"
