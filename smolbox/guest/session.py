@@ -12,9 +12,11 @@ Stdlib only: this file is copied into the guest rootfs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
+import select
 import socket
 import threading
 from collections.abc import Sequence
@@ -75,19 +77,45 @@ class Transport:
 
 
 class FdTransport(Transport):
-    """The virtio-serial port (or any fd): opened once, lives across host connections."""
+    """The virtio-serial port: opened once, lives across host connections.
+
+    The fd is non-blocking because a *blocking* virtio-console write spins the
+    vCPU until the host has consumed each 32 KiB buffer; non-blocking writes
+    queue up to a virtqueue's worth and only wait (in poll) when it is full.
+    A poll that reports hang-up means no host is connected: writes fail with
+    EPIPE (the session is over) and reads return EOF.
+    """
 
     def __init__(self, fd: int) -> None:
         super().__init__()
         self.fd = fd
+        os.set_blocking(fd, False)
+
+    def _wait(self, event: int) -> int:
+        poller = select.poll()
+        poller.register(self.fd, event)
+        while True:
+            ready = poller.poll(1000)
+            if ready:
+                return ready[0][1]
 
     def readinto(self, buf: memoryview) -> int:
-        return os.readv(self.fd, [buf])
+        while True:
+            try:
+                return os.readv(self.fd, [buf])
+            except BlockingIOError:
+                if not self._wait(select.POLLIN) & select.POLLIN:
+                    return 0  # hang-up: no host connected
 
     def write_parts(self, parts: Sequence[Buffer]) -> None:
         views = [memoryview(part) for part in parts if len(part)]
         while views:
-            _advance(views, os.writev(self.fd, views))
+            try:
+                _advance(views, os.writev(self.fd, views))
+            except BlockingIOError:
+                events = self._wait(select.POLLOUT)
+                if not events & select.POLLOUT and events & (select.POLLHUP | select.POLLERR):
+                    raise BrokenPipeError(errno.EPIPE, "no host connected") from None
 
 
 class SocketTransport(Transport):
