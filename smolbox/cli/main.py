@@ -43,8 +43,11 @@ def _root(
 
 def _register_commands() -> None:
     """Import command modules; each adds its commands to ``app``."""
-    from smolbox.cli import doctor, machines  # noqa: F401
-    from smolbox.cli import image  # noqa: F401
+    from smolbox.cli import (  # noqa: F401
+        doctor,
+        image,
+        machines,
+    )
 
 
 def main() -> None:
