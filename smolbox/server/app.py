@@ -20,7 +20,7 @@ from smolbox.sdk.local import LocalBackend
 from smolbox.server import errors as error_handlers
 from smolbox.server.auth import require_token
 from smolbox.server.metrics import Metrics
-from smolbox.server.middleware import RequestContextMiddleware
+from smolbox.server.middleware import RequestContextMiddleware, RouteLabels
 from smolbox.server.routes import commands, files, health, machines, snapshots
 from smolbox.server.settings import ServerSettings
 
@@ -59,7 +59,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         return dict(Counter(str(r.state) for r in current.engine.list_machines()))
 
     app.state.metrics = Metrics(count_by_state)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics,
+                       labels=RouteLabels(app))
     error_handlers.install(app)
 
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])

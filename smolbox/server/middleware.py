@@ -35,17 +35,32 @@ def incoming_request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def route_label(scope: Scope) -> str:
-    """The route template (``/v1/machines/{vm}``), never the raw path: bounded labels."""
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+class RouteLabels:
+    """The route template (``/v1/machines/{vm}``) of a path, never the raw path, so metric
+    labels stay bounded. Templates come from the app's OpenAPI paths (built on first use:
+    FastAPI's own route objects do not carry the included routers' prefixes)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    def __call__(self, path: str) -> str:
+        if self._patterns is None:
+            from starlette.routing import compile_path
+
+            self._patterns = [(compile_path(template)[0], template)
+                              for template in self._app.openapi()["paths"]]
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return "unmatched"
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, labels: RouteLabels) -> None:
         self.app = app
         self.metrics = metrics
+        self.labels = labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,7 +88,7 @@ class RequestContextMiddleware:
                 raise
             await self._internal_error(send_with_id, rid, exc)
         finally:
-            self.metrics.observe(scope["method"], route_label(scope), status,
+            self.metrics.observe(scope["method"], self.labels(scope["path"]), status,
                                  time.perf_counter() - started)
 
     @staticmethod
