@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
 from smolbox.config import MACHINE_ID_PATTERN
 from smolbox.store import MachineRecord, SnapshotRecord
 
-ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 
 
 class _Wire(BaseModel):
@@ -99,8 +99,19 @@ class ExecRequest(_Wire):
     env: dict[str, str] | None = None
     cwd: str | None = Field(default=None, pattern=r"^/")
     user: str | None = None
-    stdin_b64: str | None = Field(default=None, description="Standard input, base64.")
+    stdin_b64: str | None = Field(default=None, pattern=BASE64_PATTERN,
+                                  description="Standard input, base64.")
     timeout: float | None = Field(default=None, gt=0, le=86400)
+
+    @field_validator("stdin_b64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"stdin_b64 is not valid base64: {exc}") from None
+        return value
 
     def stdin_bytes(self) -> bytes | None:
         return None if self.stdin_b64 is None else base64.b64decode(self.stdin_b64)
