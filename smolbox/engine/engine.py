@@ -41,13 +41,14 @@ from smolbox.engine.states import MachineState, require_state
 from smolbox.host.accel import choose_accelerator, tsc_khz
 from smolbox.host.procs import ProcessIdentity
 from smolbox.images import ImageCatalog, InstalledImage
+from smolbox.network import NetworkAttachment, NetworkManager
 from smolbox.paths import Paths
 from smolbox.store import MachineRecord, SnapshotRecord, Store
 from smolbox.vmm.migration import load_state, save_state
 from smolbox.vmm.process import read_tail, spawn
 from smolbox.vmm.qmp import QMPSession
 from smolbox.vmm.shutdown import stop_process
-from smolbox.vmm.spec import RamBacking, VMSpec
+from smolbox.vmm.spec import RamBacking, VMSpec, has_power_button
 
 log = logging.getLogger("smolbox.engine")
 
@@ -83,6 +84,7 @@ class Engine:
         self.paths.ensure()
         self.store = Store.open(self.paths.database)
         self.images = ImageCatalog(self.paths)
+        self.network = NetworkManager(self.store, self.paths)
         self._agents: dict[str, AgentClient] = {}
         self._agents_lock = threading.Lock()
 
@@ -132,6 +134,7 @@ class Engine:
                 operation="create", reason="virtiofs mounts are not wired into the engine",
                 help="Copy files in with the files API (`smolbox cp`, `machine.files`).",
             )
+        self.network.validate(config)
         image = self.images.get(config.image)
         vm_id = new_machine_id()
         layout = self.layout(vm_id)
@@ -149,7 +152,7 @@ class Engine:
                 create_overlay(image.rootfs, layout.disk, base_format="raw",
                                size_mib=config.disk_size_mib)
                 if start:
-                    self._boot(vm_id, config, self._spec(vm_id, config, image, layout), layout)
+                    self._cold_boot(vm_id, config, image, layout)
                 else:
                     self.store.transition(vm_id, MachineState.STOPPED)
         except BaseException:
@@ -162,8 +165,7 @@ class Engine:
         require_state(record.id, record.state, {MachineState.STOPPED}, "start")
         config = self.config_of(record)
         image = self.images.get(f"{record.image_ref}:{record.image_version}")
-        layout = self.layout(record.id)
-        self._boot(record.id, config, self._spec(record.id, config, image, layout), layout)
+        self._cold_boot(record.id, config, image, self.layout(record.id))
         return self.get(record.id)
 
     def stop(self, vm: str, *, graceful: bool = True) -> str:
@@ -174,6 +176,7 @@ class Engine:
         require_state(record.id, record.state,
                       {MachineState.RUNNING, MachineState.PAUSED, MachineState.ERROR}, "stop")
         step = self._halt(record, graceful=graceful)
+        self.network.detach(record.id)
         self.store.transition(record.id, MachineState.STOPPED, pid=None, pid_start_time=None)
         return step
 
@@ -189,6 +192,7 @@ class Engine:
             if record.state != MachineState.ERROR:
                 self.store.transition(record.id, MachineState.STOPPED, pid=None,
                                       pid_start_time=None)
+        self.network.detach(record.id)
         self.store.transition(record.id, MachineState.DELETED, pid=None, pid_start_time=None)
         self.layout(record.id).remove()
         self.store.delete_machine(record.id)
@@ -199,7 +203,10 @@ class Engine:
             for client in self._agents.values():
                 client.close()
             self._agents.clear()
-        return reconcile(self.store, self.paths)
+        report = reconcile(self.store, self.paths)
+        live = {r.id for r in self.store.list_machines(LIVE_STATES)}
+        report.network_removed = self.network.reconcile(live)
+        return report
 
     def logs(self, vm: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
         """The console log; with ``follow`` keep yielding new output while it runs."""
@@ -475,7 +482,8 @@ class Engine:
                        size_mib=config.disk_size_mib)
         spec = VMSpec(
             name=vm_id, kernel=image.kernel, cmdline=str(manifest["cmdline"]),
-            disk=layout.disk, run_dir=layout.run_dir, memory_mib=int(manifest["memory_mib"]),
+            disk=layout.disk, run_dir=layout.run_dir, machine=image.machine,
+            initrd=image.initrd, memory_mib=int(manifest["memory_mib"]),
             vcpus=int(manifest["vcpus"]), accel_args=tuple(accel.qemu_args),
             ram=RamBacking("file", files.ram, share=False), incoming=True,
         )
@@ -494,7 +502,8 @@ class Engine:
         scratch = files.root / "scratch.qcow2"
         spec = VMSpec(
             name=f"snapshot-{vm_id}", kernel=image.kernel, cmdline=guest_cmdline(image),
-            disk=scratch, run_dir=files.root, memory_mib=config.memory_mib,
+            disk=scratch, run_dir=files.root, machine=image.machine, initrd=image.initrd,
+            memory_mib=config.memory_mib,
             vcpus=config.vcpus, accel_args=tuple(choose_accelerator().qemu_args),
             ram=RamBacking("file", files.ram, share=True), incoming=True,
         )
@@ -514,16 +523,32 @@ class Engine:
 
     # ------------------------------------------------------------------ inside
     def _spec(self, vm_id: str, config: MachineConfig, image: InstalledImage,
-              layout: MachineLayout) -> VMSpec:
+              layout: MachineLayout, network: NetworkAttachment | None = None) -> VMSpec:
         accel = choose_accelerator()
         return VMSpec(
             name=vm_id, kernel=image.kernel, cmdline=guest_cmdline(image), disk=layout.disk,
-            run_dir=layout.run_dir, memory_mib=config.memory_mib, vcpus=config.vcpus,
+            run_dir=layout.run_dir, machine=image.machine, initrd=image.initrd,
+            memory_mib=config.memory_mib, vcpus=config.vcpus,
             accel_args=tuple(accel.qemu_args),
+            extra_args=network.qemu_args if network is not None else (),
         )
 
+    def _cold_boot(self, vm_id: str, config: MachineConfig, image: InstalledImage,
+                   layout: MachineLayout) -> None:
+        """Boot from the disk with the machine's network attached (released on failure)."""
+        attachment = self.network.attach(vm_id, config)
+        if attachment.ip is not None:
+            self.store.update_machine(vm_id, ip=attachment.ip)
+        try:
+            self._boot(vm_id, config, self._spec(vm_id, config, image, layout, attachment),
+                       layout, guest_commands=attachment.guest_commands)
+        except BaseException:
+            self.network.detach(vm_id)
+            raise
+
     def _boot(self, vm_id: str, config: MachineConfig, spec: VMSpec, layout: MachineLayout,
-              *, restore: Callable[[QMPSession], None] | None = None) -> None:
+              *, restore: Callable[[QMPSession], None] | None = None,
+              guest_commands: tuple[tuple[str, ...], ...] = ()) -> None:
         """Spawn QEMU, optionally load a snapshot, handshake, set identity; all or nothing."""
         layout.create()
         identity = spawn(spec)
@@ -540,6 +565,13 @@ class Engine:
                                entropy=os.urandom(64), time_ns=time.time_ns())
             if config.env:
                 agent.set_env(config.env)
+            for command in guest_commands:
+                done = agent.exec(list(command), timeout=30)
+                if not done.success:
+                    raise errors.NetworkSetupError(
+                        f"Configuring the guest network failed: {' '.join(command)}",
+                        step="configure guest",
+                        details={"stderr": done.stderr, "exit_code": done.exit_code})
         except BaseException:
             stop_process(identity, spec.qmp_socket, vm_id=vm_id, graceful=False)
             layout.clear_run_dir()
@@ -627,6 +659,7 @@ class Engine:
                 step = stop_process(
                     identity, qmp_socket, vm_id=record.id,
                     agent_shutdown=agent_shutdown if graceful else None,
+                    has_power_button=self._has_power_button(record),
                     graceful=graceful,
                 )
             finally:
@@ -636,8 +669,15 @@ class Engine:
         layout.clear_run_dir()
         return step
 
+    def _has_power_button(self, record: MachineRecord) -> bool:
+        try:
+            image = self.images.get(f"{record.image_ref}:{record.image_version}")
+        except errors.ImageError:
+            return False
+        return has_power_button(image.machine)
+
     def _discard(self, vm_id: str, layout: MachineLayout) -> None:
-        """Undo a failed create completely: process, files and row."""
+        """Undo a failed create completely: process, network, files and row."""
         self._forget_agent(vm_id)
         record = self.store.find_machine(vm_id)
         if record is not None:
@@ -645,6 +685,7 @@ class Engine:
             if identity is not None and identity.is_alive():
                 stop_process(identity, layout.run_dir / "qmp.sock", vm_id=vm_id,
                              graceful=False)
+        self.network.detach(vm_id)
         layout.remove()
         if record is not None:
             try:

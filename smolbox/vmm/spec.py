@@ -41,6 +41,8 @@ class VMSpec:
     cmdline: str
     disk: Path
     run_dir: Path
+    machine: str = "microvm,acpi=off,rtc=on"
+    initrd: Path | None = None
     memory_mib: int = 256
     vcpus: int = 1
     accel_args: tuple[str, ...] = ("-accel", "tcg", "-cpu", "max")
@@ -80,8 +82,9 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
     """The QEMU command line for ``spec``.
 
     Choices worth knowing:
-    - ``microvm,acpi=off``: no PCI/ACPI, so QEMU puts the virtio-mmio devices on the
-      kernel command line; ``rtc=on`` avoids a 1 s wait in the guest.
+    - ``microvm,acpi=off`` (the minimal kernel has no ACPI): QEMU puts the
+      virtio-mmio devices on the kernel command line; ``rtc=on`` avoids a 1 s wait
+      in the guest. Images say which ``-M`` they need (Debian's kernel wants ACPI).
     - ``-no-reboot`` + the guest's ``reboot=t panic=-1``: a guest reboot, power-off
       request or kernel panic ends the QEMU process, which is how crashes surface.
     - The root disk uses ``cache=unsafe``: sandboxes are disposable and snapshots
@@ -92,7 +95,7 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
     argv = [
         qemu_binary,
         "-name", f"smolbox-{spec.name},debug-threads=on",
-        "-M", "microvm,acpi=off,rtc=on,isa-serial=on,memory-backend=mem0",
+        "-M", f"{spec.machine},isa-serial=on,memory-backend=mem0",
         *spec.accel_args,
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
@@ -116,6 +119,13 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
         "-daemonize",
         *spec.extra_args,
     ]
+    if spec.initrd is not None:
+        argv += ["-initrd", str(spec.initrd)]
     if spec.incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def has_power_button(machine: str) -> bool:
+    """Only a machine type with ACPI has a power button QMP ``system_powerdown`` can press."""
+    return "acpi=on" in machine

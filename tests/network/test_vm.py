@@ -104,11 +104,16 @@ def test_user_port_forward_reaches_guest_http_server(machine: Any, engine: Any) 
     engine.exec(record.id, ["sh", "-c", "mkdir -p /srv && echo smolbox-page > /srv/index.html"
                             " && cd /srv && setsid python3 -m http.server 8000 "
                             ">/dev/null 2>&1 < /dev/null &"])
-    engine.exec(record.id, ["python3", "-c",
-                            "import socket,time\n"
-                            "for _ in range(100):\n"
-                            "    try: socket.create_connection(('127.0.0.1',8000),1); break\n"
-                            "    except OSError: time.sleep(0.1)"])
+    # python3 -m http.server needs several seconds to start under TCG: wait for it
+    # to listen (up to 60 s) and fail here, clearly, if it never does.
+    waited = engine.exec(record.id, ["python3", "-c",
+                                     "import socket,sys,time\n"
+                                     "for _ in range(600):\n"
+                                     "    try: socket.create_connection(('127.0.0.1',8000),1)\n"
+                                     "    except OSError: time.sleep(0.1)\n"
+                                     "    else: sys.exit(0)\n"
+                                     "sys.exit(1)"])
+    assert waited.exit_code == 0, "the guest HTTP server never started listening"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as page:
         assert page.read().decode().strip() == "smolbox-page"
 
