@@ -23,7 +23,7 @@ from bench.machine_info import load_average
 from bench.plot import plot_start_latency
 from bench.profile import FULL, QUICK
 from bench.results import RunRecord
-from bench.sandbox import isolated_home
+from bench.sandbox import Sandbox, isolated_home
 
 BENCH_DIR = Path(__file__).resolve().parent
 NOTES = [
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     record.load_start = load_average()
     began = time.monotonic()
     interrupted = False
+    box: Sandbox | None = None
     try:
         with isolated_home() as box:
             try:
@@ -71,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 record.wall_seconds = time.monotonic() - began
                 print("cleaning up machines and snapshots...", file=sys.stderr, flush=True)
-        record.leaked_qemu = box.leaked
-        record.cleanup_problems = box.cleanup_problems
     except KeyboardInterrupt:
         interrupted = True
         record.error = record.error or "interrupted (Ctrl-C or SIGTERM); cleaned up"
+    if box is not None:
+        record.leaked_qemu = box.leaked
+        record.cleanup_problems = box.cleanup_problems
     record.load_end = load_average()
     if not record.metrics:
         print(record.error or "no measurements", file=sys.stderr)
