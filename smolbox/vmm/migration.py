@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from smolbox import errors
@@ -25,26 +26,33 @@ def _capabilities(qmp: QMPSession, ignore_shared: bool) -> None:
     ])
 
 
+def _wait(qmp: QMPSession, operation: str, timeout: float, finished: Callable[[], bool]
+          ) -> None:
+    """Poll ``finished`` until it says so; cancel the migration when time runs out."""
+    deadline = time.monotonic() + timeout
+    while not finished():
+        if time.monotonic() > deadline:
+            qmp.command("migrate_cancel")
+            raise errors.OperationTimeoutError(operation, timeout)
+        time.sleep(POLL_SECONDS)
+
+
 def save_state(qmp: QMPSession, dest: Path, *, ignore_shared: bool,
                timeout: float = 120.0) -> None:
     """Write the VM's state to ``dest``; the VM ends in ``postmigrate`` (paused)."""
     _capabilities(qmp, ignore_shared)
     qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(dest))}")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def completed() -> bool:
         info = qmp.command("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
+        if info.get("status") in ("failed", "cancelled"):
             raise errors.VMMError(
-                f"Saving the machine state failed: {info.get('error-desc', status)}",
+                f"Saving the machine state failed: {info.get('error-desc', info['status'])}",
                 details={"migration": info},
             )
-        if time.monotonic() > deadline:
-            qmp.command("migrate_cancel")
-            raise errors.OperationTimeoutError("save machine state", timeout)
-        time.sleep(POLL_SECONDS)
+        return bool(info.get("status") == "completed")
+
+    _wait(qmp, "save machine state", timeout, completed)
 
 
 def load_state(qmp: QMPSession, src: Path, *, ignore_shared: bool,
@@ -52,14 +60,8 @@ def load_state(qmp: QMPSession, src: Path, *, ignore_shared: bool,
     """Load state into a QEMU started with ``-incoming defer``; it ends paused."""
     _capabilities(qmp, ignore_shared)
     qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(src))}")
-    deadline = time.monotonic() + timeout
-    while True:
-        status = qmp.status()
-        if status not in ("inmigrate",):
-            break
-        if time.monotonic() > deadline:
-            raise errors.OperationTimeoutError("load machine state", timeout)
-        time.sleep(POLL_SECONDS)
+    _wait(qmp, "load machine state", timeout, lambda: qmp.status() != "inmigrate")
+    status = qmp.status()
     info = qmp.command("query-migrate")
     if info.get("status") not in (None, "completed") or status not in ("paused", "running"):
         raise errors.VMMError(
