@@ -204,7 +204,8 @@ def reconcile() -> None:
     with engine() as eng:
         report = eng.reconcile()
     data = {"marked_error": report.marked_error, "killed_pids": report.killed_pids,
-            "removed_dirs": report.removed_dirs, "network_removed": report.network_removed}
+            "removed_dirs": report.removed_dirs, "network_removed": report.network_removed,
+            "pool_removed": report.pool_removed}
     if OPTIONS.json:
         render.print_json(data)
     else:

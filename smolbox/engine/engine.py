@@ -35,6 +35,7 @@ from smolbox.config import MACHINE_ID_PATTERN, MachineConfig
 from smolbox.engine import console
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.layout import MachineLayout
+from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
 from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshots import SnapshotFiles, copy_file, file_entries, verify
 from smolbox.engine.states import MachineState, require_state
@@ -79,7 +80,9 @@ def template_name(image: InstalledImage, config: MachineConfig) -> str:
 class Engine:
     """Create, run, stop and delete machines on this host (no daemon needed)."""
 
-    def __init__(self, paths: Paths | None = None) -> None:
+    def __init__(self, paths: Paths | None = None, *, warm_pool: int = 0,
+                 pool_config: MachineConfig | None = None) -> None:
+        """``warm_pool=K`` keeps K machines of ``pool_config``'s shape ready (see pool.py)."""
         self.paths = paths or Paths.from_env()
         self.paths.ensure()
         self.store = Store.open(self.paths.database)
@@ -87,6 +90,7 @@ class Engine:
         self.network = NetworkManager(self.store, self.paths)
         self._agents: dict[str, AgentClient] = {}
         self._agents_lock = threading.Lock()
+        self.pool = WarmPool(self, warm_pool, pool_config) if warm_pool else None
 
     # ------------------------------------------------------------------ lookups
     def get(self, vm: str) -> MachineRecord:
@@ -122,12 +126,16 @@ class Engine:
 
     # ---------------------------------------------------------------- lifecycle
     def create(self, config: MachineConfig | Mapping[str, Any] | None = None, *,
-               start: bool = True) -> MachineRecord:
+               start: bool = True, use_pool: bool = True) -> MachineRecord:
         """A new machine booted from its image (or left stopped with ``start=False``)."""
         if config is None:
             config = MachineConfig()
         elif not isinstance(config, MachineConfig):
             config = MachineConfig.model_validate(dict(config))
+        if start and use_pool and self.pool is not None and self.pool.matches(config):
+            pooled = self.pool.take()
+            if pooled is not None:
+                return self._adopt(pooled, config)
         if config.mounts:
             raise errors.NotSupportedError(
                 "Host directory mounts are not implemented yet",
@@ -206,6 +214,11 @@ class Engine:
         report = reconcile(self.store, self.paths)
         live = {r.id for r in self.store.list_machines(LIVE_STATES)}
         report.network_removed = self.network.reconcile(live)
+        for record in self.list_machines():
+            owner = record.config.get("labels", {}).get(POOL_LABEL)
+            if owner and not owner_alive(owner):
+                self.delete(record.id, force=True)
+                report.pool_removed.append(record.id)
         return report
 
     def logs(self, vm: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
@@ -231,6 +244,8 @@ class Engine:
                 time.sleep(poll)
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         with self._agents_lock:
             for client in self._agents.values():
                 client.close()
@@ -437,6 +452,27 @@ class Engine:
                         and old.manifest.get("image_version") != image.version):
                     self.delete_snapshot(old.id)
             return made
+
+    def _adopt(self, pooled: MachineRecord, config: MachineConfig) -> MachineRecord:
+        """Turn a pool machine into the requested one: name, config, identity, env."""
+        if config.name is not None and config.name != pooled.name:
+            try:
+                self.store.rename_machine(pooled.id, config.name)
+            except errors.VMAlreadyExistsError:
+                self.delete(pooled.id, force=True)  # out of the pool: never leave it behind
+                raise
+        self.store.update_machine(pooled.id, config=config.model_dump(mode="json"))
+        record = self.get(pooled.id)
+        try:
+            with self.guest(record.id, "adopt") as agent:
+                agent.set_identity(hostname=record.name, machine_id=uuid.uuid4().hex,
+                                   entropy=os.urandom(64), time_ns=time.time_ns())
+                if config.env:
+                    agent.set_env(config.env)
+        except errors.SmolboxError:
+            self.delete(record.id, force=True)
+            return self.create(config, use_pool=False)
+        return self.get(record.id)
 
     def _uses_template(self, config: MachineConfig) -> bool:
         # Machines with a NIC or mounts have devices the template does not have.

@@ -42,6 +42,7 @@ class ReconcileReport:
     killed_pids: list[int] = field(default_factory=list)
     removed_dirs: list[str] = field(default_factory=list)
     network_removed: list[str] = field(default_factory=list)
+    pool_removed: list[str] = field(default_factory=list)
 
 
 def qemu_processes_under(run_root: Path) -> dict[int, str]:

@@ -169,6 +169,20 @@ class Store:
         with self._db.write("update machine"):
             return self._update(self.get_machine(vm_id), updates)
 
+    def rename_machine(self, vm_id: str, name: str) -> MachineRecord:
+        """Give a machine a new name (warm-pool hand-out); names stay unique."""
+        with self._db.write("rename machine"):
+            current = self.get_machine(vm_id)
+            taken = self._db.query(
+                "SELECT id FROM machines WHERE (id = ? OR name = ?) AND id != ?",
+                (name, name, current.id), operation="rename machine",
+            )
+            if taken:
+                raise errors.VMAlreadyExistsError(name)
+            self._db.execute("UPDATE machines SET name = ?, updated_at = ? WHERE id = ?",
+                             (name, time.time(), current.id), operation="rename machine")
+            return self.get_machine(current.id)
+
     def delete_machine(self, vm_id: str) -> None:
         """Remove a ``deleted`` machine's row and its lease; its snapshots stay."""
         with self._db.write("delete machine"):

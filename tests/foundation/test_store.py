@@ -335,3 +335,15 @@ def test_closed_store_raises_catalogue_error(tmp_path: Path) -> None:
     store.close()  # idempotent
     with pytest.raises(errors.InternalError):
         store.list_machines()
+
+
+def test_rename_machine_keeps_names_unique(store: Store) -> None:
+    store.insert_machine(machine("m1", "alpha"))
+    store.insert_machine(machine("m2", "beta"))
+    renamed = store.rename_machine("m1", "gamma")
+    assert renamed.name == "gamma" and store.get_machine("gamma").id == "m1"
+    for taken in ("beta", "m2"):
+        with pytest.raises(errors.VMAlreadyExistsError):
+            store.rename_machine("m1", taken)
+    assert store.get_machine("m1").name == "gamma"
+    assert store.rename_machine("m1", "gamma").name == "gamma"
