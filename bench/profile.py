@@ -1,8 +1,8 @@
 """How many repetitions each measurement gets: the full run and ``--quick``.
 
 Why one table: the full run must finish in under 15 minutes on a fresh 2-core TCG
-host (cold boots are 1-4 s each there), while every figure still has enough runs
-for a median and a p95; ``--quick`` proves the suite works end to end in about
+host (cold boots are 1-4 s each there; about 4 minutes in all, plus the image build
+of a first run), while every figure still has enough runs for a median and a p95; ``--quick`` proves the suite works end to end in about
 two minutes (the test suite uses it), and its figures are not worth quoting.
 """
 
@@ -13,22 +13,22 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Counts:
-    plain_boots: int = 10
+    plain_boots: int = 12
     image_boots: int = 5
-    cold_boots: int = 10
-    template_creates: int = 30
+    cold_boots: int = 12
+    template_creates: int = 40
     fork_sizes: tuple[int, ...] = (1, 4, 8)
-    fork_repeats: tuple[int, ...] = (10, 5, 3)
+    fork_repeats: tuple[int, ...] = (10, 6, 5)
     exec_true: int = 200
     exec_1mib: int = 20
     file_mib: int = 64
     file_repeats: int = 5
     host_true: int = 200
     host_copies: int = 10
-    snapshots: int = 5
+    snapshots: int = 6
     pause_resume: int = 20
     idle_clones: int = 4
-    idle_cold: int = 2
+    idle_cold: int = 3
     idle_window_s: float = 5.0
     density_budget_mib: int = 2048
     density_cap: int = 16
