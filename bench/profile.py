@@ -2,8 +2,9 @@
 
 Why one table: the full run must finish in under 15 minutes on a fresh 2-core TCG
 host (cold boots are 1-4 s each there; about 4 minutes in all, plus the image build
-of a first run), while every figure still has enough runs for a median and a p95; ``--quick`` proves the suite works end to end in about
-two minutes (the test suite uses it), and its figures are not worth quoting.
+of a first run), while every figure still has enough runs for a median and a p95;
+``--quick`` proves the suite works end to end in about a minute (the test suite
+uses it), and its figures are not worth quoting.
 """
 
 from __future__ import annotations
