@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED_KEYS = {
     "host_true", "plain_qemu_boot", "image_smoke_boot", "engine_cold_boot", "clone_ready",
-    "clone_first_exec", "fork_1", "exec_true", "exec_1mib", "pause", "resume",
+    "clone_exec_only", "clone_first_exec", "fork_1", "exec_true", "exec_1mib", "pause", "resume",
     "snapshot_save", "snapshot_restore", "create_delete_cycle", "idle_pss_clone",
     "idle_cpu_clone", "idle_pss_cold", "density_pss",
 }
