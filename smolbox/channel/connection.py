@@ -288,15 +288,16 @@ class Connection:
     def _read_loop(self) -> None:
         try:
             self._route_buffered()
+            view = memoryview(bytearray(RECV_SIZE))  # reused: feed() copies what it keeps
             while self._failure is None:
                 try:
-                    data = self.sock.recv(RECV_SIZE)
+                    n = self.sock.recv_into(view)
                 except OSError:
-                    data = b""
-                if not data:
+                    n = 0
+                if not n:
                     self.fail(self._lost)
                     return
-                self._decoder.feed(data)
+                self._decoder.feed(view[:n])
                 self._route_buffered()
         except p.ProtocolViolation as exc:
             self._violation(str(exc))

@@ -288,13 +288,14 @@ class Agent:
 # ------------------------------------------------------------------------------ entry points
 
 
-def find_port(name: str = p.PORT_NAME) -> str | None:
+def find_port(name: str = p.PORT_NAME, sysfs: str = "/sys/class/virtio-ports",
+              dev: str = "/dev") -> str | None:
     """The /dev/vportNpM whose sysfs name matches (there is no udev to make a symlink)."""
-    for entry in sorted(glob.glob("/sys/class/virtio-ports/*/name")):
+    for entry in sorted(glob.glob(os.path.join(sysfs, "*", "name"))):
         try:
             with open(entry, encoding="ascii") as fh:
                 if fh.read().strip() == name:
-                    return "/dev/" + os.path.basename(os.path.dirname(entry))
+                    return os.path.join(dev, os.path.basename(os.path.dirname(entry)))
         except OSError:
             continue
     return None
