@@ -230,7 +230,7 @@ class AgentClient:
                 return cls(conn, socket_path=socket_path, vm_id=vm_id)
             except HandshakeRetry:
                 accepted = True
-                reason = "the agent closed the connection during the handshake"
+                reason = "the agent closed or did not answer the handshake"
             except TimeoutError:
                 accepted = True
                 reason = "the agent did not answer the handshake"

@@ -37,6 +37,7 @@ from smolbox.guest import protocol as p
 StreamKind = Literal["simple", "exec", "write", "read"]
 
 RECV_SIZE = 1 << 20
+HANDSHAKE_ATTEMPT = 2.0  # seconds before a silent handshake is retried on a new connection
 # Frame types the guest may send on each kind of stream, and which of them end it.
 ALLOWED: dict[str, frozenset[int]] = {
     "simple": frozenset({p.REPLY, p.ERROR}),
@@ -174,6 +175,7 @@ class Connection:
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.connect(str(path))
+            attempt_deadline = time.monotonic() + HANDSHAKE_ATTEMPT
             nonce = secrets.token_hex(8)
             sock.sendall(p.pack_json(p.HELLO, 0, {"version": p.VERSION, "nonce": nonce,
                                                    "caps": list(p.CAPABILITIES)}))
@@ -188,11 +190,18 @@ class Connection:
                     cls._check_hello(frame, hello, vm_id)
                     sock.settimeout(None)
                     return cls(sock, vm_id, hello, decoder)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     raise TimeoutError
-                sock.settimeout(remaining)
-                data = sock.recv(RECV_SIZE)
+                if now >= attempt_deadline:
+                    # our HELLO may have been swallowed by the tail of an earlier
+                    # session: a fresh connection makes the guest resynchronise
+                    raise HandshakeRetry
+                sock.settimeout(min(deadline, attempt_deadline) - now)
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    continue
                 if not data:
                     raise HandshakeRetry
                 skipped += len(data)

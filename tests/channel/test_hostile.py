@@ -138,6 +138,20 @@ def test_stale_frames_before_the_hello_are_skipped(hostile: HostileGuest) -> Non
         assert client.exec("x").stdout == "hi"
 
 
+def test_silent_first_connection_is_retried(hostile: HostileGuest) -> None:
+    """A HELLO swallowed by a stale session is retried on a fresh connection."""
+    hostile.scripts.put(lambda side: side.hold())
+
+    def answer(side: GuestSide) -> None:
+        side.hello()
+        side.read_frame()
+        side.send(jframe(p.REPLY, 1, {"t": 1}))
+        side.hold()
+
+    with _connect(hostile, answer, timeout=20) as client:
+        assert client.ping() > 0
+
+
 # ------------------------------------------------------------------------- fuzzing
 
 _JSON_BODIES = st.sampled_from([
