@@ -1,9 +1,8 @@
 """A PNG of start latency distributions: every sample, not just the medians.
 
 Why a plot: medians hide the tail (a starved boot on a loaded host); a box per
-start path plus every sample as a dot shows both. The engine has no warm pool,
-so the paths compared are cold boots (plain QEMU and engine), template clones
-and forks; the title says so.
+start path plus every sample as a dot shows both. The paths compared are cold
+boots (plain QEMU and engine), template clones, the warm pool and forks.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from matplotlib.ticker import FuncFormatter
 from bench.results import RunRecord
 
 START_KEYS = ["plain_qemu_boot", "image_smoke_boot", "engine_cold_boot", "clone_ready",
-              "clone_first_exec", "fork_1", "fork_4", "fork_8"]
+              "clone_first_exec", "pool_first_exec", "fork_1", "fork_4", "fork_8"]
 
 
 def plot_start_latency(record: RunRecord, path: Path) -> None:
@@ -47,8 +46,8 @@ def plot_start_latency(record: RunRecord, path: Path) -> None:
     load = "/".join(f"{x:g}" for x in record.load_start)
     ax.set_xlabel("milliseconds (log scale)")
     ax.set_title(f"smolbox start latency — {accel}, {record.host.get('cores', '?')} cores, "
-                 f"load {load} at start\n(no warm pool in the engine: cold boot vs template "
-                 "clone vs fork)", fontsize=10)
+                 f"load {load} at start\n(cold boot vs template clone vs warm pool vs fork)",
+                 fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -87,6 +87,10 @@ def _clones(ctx: Context) -> None:
     start.run_template_creates(ctx.record, ctx.counts, ctx.eng)
 
 
+def _pool(ctx: Context) -> None:
+    start.run_pool_creates(ctx.record, ctx.counts)
+
+
 def _forks(ctx: Context) -> None:
     start.run_forks(ctx.record, ctx.counts, ctx.eng, ctx.template)
 
@@ -124,6 +128,7 @@ STEPS: list[tuple[str, Callable[[Context], None]]] = [
     ("setup: image + engine", _setup), ("host baselines", _host),
     ("plain QEMU cold boots", _plain), ("engine cold boots", _cold),
     ("template snapshot (once)", _template), ("create from template", _clones),
+    ("create from warm pool", _pool),
     ("fork", _forks), ("exec, files, pause/resume", _work),
     ("snapshot save/restore", _snapshots),
     ("create/delete cycles", _cycles), ("idle footprint", _idle),

@@ -313,7 +313,19 @@ class Engine:
         return self.store.get_snapshot(name)
 
     def delete_snapshot(self, name: str) -> None:
-        record = self.store.delete_snapshot(name)
+        """Remove a snapshot, unless a machine's or another snapshot's disk builds on it."""
+        snap = self.store.get_snapshot(name)
+        machines = [r.name for r in self.list_machines() if r.source_snapshot == snap.name]
+        children = [s.name for s in self.store.list_snapshots()
+                    if s.manifest.get("disk_parent") == snap.name]
+        if machines or children:
+            raise errors.ConflictError(
+                f"Snapshot '{snap.name}' is still in use",
+                details={"machines": machines, "snapshots": children},
+                help="Their disks are overlays over this snapshot's disk: delete those "
+                     "machines and snapshots first.",
+            )
+        record = self.store.delete_snapshot(snap.id)
         shutil.rmtree(record.path, ignore_errors=True)
 
     def snapshot(self, vm: str, name: str, *, template: bool = False) -> SnapshotRecord:
@@ -367,6 +379,8 @@ class Engine:
                 "memory_mib": config.memory_mib, "vcpus": config.vcpus,
                 "accelerator": choose_accelerator().name,
                 "config": config.model_dump(mode="json"), "files": entries,
+                # The copied disk is an overlay over this snapshot's disk (or the image).
+                "disk_parent": record.source_snapshot,
                 "created_at": time.time(),
             }
             files.manifest_path.write_text(json.dumps(manifest, indent=2))
@@ -450,7 +464,9 @@ class Engine:
             for old in self.store.list_snapshots():
                 if (old.manifest.get("template") and old.manifest.get("image") == image.name
                         and old.manifest.get("image_version") != image.version):
-                    self.delete_snapshot(old.id)
+                    # Machines of the old version keep it alive until they are gone.
+                    with suppress(errors.ConflictError):
+                        self.delete_snapshot(old.id)
             return made
 
     def _adopt(self, pooled: MachineRecord, config: MachineConfig) -> MachineRecord:

@@ -217,3 +217,30 @@ def test_template_name_follows_image_version_and_shape() -> None:
     two = template_name(FakeImage("2.0"), config)  # type: ignore[arg-type]
     bigger = template_name(FakeImage("1.0"), MachineConfig(memory_mib=512))  # type: ignore[arg-type]
     assert len({one, two, bigger}) == 3
+
+
+def test_a_snapshot_in_use_cannot_be_deleted(engine: Engine, source: MachineRecord,
+                                             snapshot: SnapshotRecord) -> None:
+    engine.snapshot(source.id, "parent-snap")
+    (clone,) = engine.fork("parent-snap")
+    try:
+        with pytest.raises(errors.ConflictError) as caught:
+            engine.delete_snapshot("parent-snap")
+        assert clone.name in caught.value.details["machines"]
+        child = engine.snapshot(clone.id, "child-snap")
+        assert child.manifest["disk_parent"] == "parent-snap"
+        engine.delete(clone.id, force=True)
+        with pytest.raises(errors.ConflictError) as caught:
+            engine.delete_snapshot("parent-snap")
+        assert caught.value.details["snapshots"] == ["child-snap"]
+        (grandchild,) = engine.fork("child-snap")
+        assert engine.exec(grandchild.id, "cat /root/marker").stdout == "before-snapshot\n"
+        engine.delete(grandchild.id, force=True)
+    finally:
+        for vm in engine.list_machines():
+            if vm.source_snapshot in ("parent-snap", "child-snap"):
+                engine.delete(vm.id, force=True)
+    engine.delete_snapshot("child-snap")
+    engine.delete_snapshot("parent-snap")
+    with pytest.raises(errors.SnapshotNotFoundError):
+        engine.get_snapshot("parent-snap")
