@@ -33,6 +33,7 @@ from smolbox.channel import AgentClient
 from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MACHINE_ID_PATTERN, MachineConfig
 from smolbox.engine import console
+from smolbox.engine.channels import AgentLease, claim_agent
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.layout import MachineLayout
 from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
@@ -81,15 +82,19 @@ class Engine:
     """Create, run, stop and delete machines on this host (no daemon needed)."""
 
     def __init__(self, paths: Paths | None = None, *, warm_pool: int = 0,
-                 pool_config: MachineConfig | None = None) -> None:
-        """``warm_pool=K`` keeps K machines of ``pool_config``'s shape ready (see pool.py)."""
+                 pool_config: MachineConfig | None = None, reconcile: bool = True) -> None:
+        """Open the store and, unless told not to, reconcile it with the host first.
+
+        ``warm_pool=K`` keeps K machines of ``pool_config``'s shape ready (see pool.py).
+        """
         self.paths = paths or Paths.from_env()
         self.paths.ensure()
         self.store = Store.open(self.paths.database)
         self.images = ImageCatalog(self.paths)
         self.network = NetworkManager(self.store, self.paths)
-        self._agents: dict[str, AgentClient] = {}
+        self._agents: dict[str, AgentLease] = {}
         self._agents_lock = threading.Lock()
+        self.startup_report = self._startup_reconcile() if reconcile else ReconcileReport()
         self.pool = WarmPool(self, warm_pool, pool_config) if warm_pool else None
 
     # ------------------------------------------------------------------ lookups
@@ -208,8 +213,8 @@ class Engine:
     def reconcile(self) -> ReconcileReport:
         """Bring store and host back in line after crashes (see engine/reconcile.py)."""
         with self._agents_lock:
-            for client in self._agents.values():
-                client.close()
+            for lease in self._agents.values():
+                lease.close()
             self._agents.clear()
         report = reconcile(self.store, self.paths)
         live = {r.id for r in self.store.list_machines(LIVE_STATES)}
@@ -219,6 +224,17 @@ class Engine:
             if owner and not owner_alive(owner):
                 self.delete(record.id, force=True)
                 report.pool_removed.append(record.id)
+        return report
+
+    def _startup_reconcile(self) -> ReconcileReport:
+        """Crashes of earlier processes must not linger; a failure here is not fatal."""
+        try:
+            report = self.reconcile()
+        except errors.SmolboxError as err:
+            log.warning("reconcile at engine start failed: %s", err)
+            return ReconcileReport()
+        if report.marked_error or report.killed_pids or report.pool_removed:
+            log.warning("reconcile at engine start: %s", report)
         return report
 
     def logs(self, vm: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
@@ -247,8 +263,8 @@ class Engine:
         if self.pool is not None:
             self.pool.close()
         with self._agents_lock:
-            for client in self._agents.values():
-                client.close()
+            for lease in self._agents.values():
+                lease.close()
             self._agents.clear()
         self.store.close()
 
@@ -569,7 +585,7 @@ class Engine:
             finally:
                 stop_process(identity, spec.qmp_socket, vm_id=spec.name, graceful=False)
         finally:
-            for leftover in (scratch, files.stream, spec.qmp_socket, spec.agent_socket,
+            for leftover in (scratch, files.stream, spec.qmp_socket, *spec.agent_sockets,
                              spec.pidfile, spec.stderr_log):
                 leftover.unlink(missing_ok=True)
 
@@ -606,12 +622,14 @@ class Engine:
         identity = spawn(spec)
         self.store.update_machine(vm_id, pid=identity.pid, pid_start_time=identity.start_time,
                                   accelerator=choose_accelerator().name)
+        lease: AgentLease | None = None
         try:
             if restore is not None:
                 with QMPSession(spec.qmp_socket, timeout=60.0) as qmp:
                     restore(qmp)
                     qmp.command("cont")
-            agent = self._wait_for_agent(vm_id, spec, identity, config.timeouts.boot, layout)
+            lease = self._wait_for_agent(vm_id, spec, identity, config.timeouts.boot, layout)
+            agent = lease.client
             name = self.get(vm_id).name
             agent.set_identity(hostname=name, machine_id=uuid.uuid4().hex,
                                entropy=os.urandom(64), time_ns=time.time_ns())
@@ -625,15 +643,17 @@ class Engine:
                         step="configure guest",
                         details={"stderr": done.stderr, "exit_code": done.exit_code})
         except BaseException:
+            if lease is not None:
+                lease.close()
             stop_process(identity, spec.qmp_socket, vm_id=vm_id, graceful=False)
             layout.clear_run_dir()
             raise
         with self._agents_lock:
-            self._agents[vm_id] = agent
+            self._agents[vm_id] = lease
         self.store.transition(vm_id, MachineState.RUNNING, error_reason=None)
 
     def _wait_for_agent(self, vm_id: str, spec: VMSpec, identity: ProcessIdentity,
-                        timeout: float, layout: MachineLayout) -> AgentClient:
+                        timeout: float, layout: MachineLayout) -> AgentLease:
         """Handshake with the agent, failing fast if QEMU dies while the guest boots."""
         deadline = time.monotonic() + timeout
         while True:
@@ -653,27 +673,35 @@ class Engine:
                     help="Raise timeouts.boot, or read the console tail for a guest error.",
                 )
             try:
-                return AgentClient.connect(spec.agent_socket, vm_id=vm_id,
-                                           timeout=min(AGENT_ATTEMPT_SECONDS, remaining))
+                return claim_agent(spec.run_dir, vm_id=vm_id,
+                                   timeout=min(AGENT_ATTEMPT_SECONDS, remaining))
             except (errors.OperationTimeoutError, errors.CommandExecutionUnavailableError):
                 continue
 
     def _agent_for(self, record: MachineRecord) -> AgentClient:
+        """This process's agent connection to the machine (one claimed port, reused)."""
         with self._agents_lock:
-            client = self._agents.get(record.id)
-        if client is not None and client.connected:
-            return client
-        client = AgentClient.connect(self.layout(record.id).run_dir / "agent.sock",
-                                     vm_id=record.id, timeout=10.0)
+            lease = self._agents.get(record.id)
+            if lease is not None and lease.client.connected:
+                return lease.client
+            self._agents.pop(record.id, None)
+        if lease is not None:
+            lease.close()
+        lease = claim_agent(self.layout(record.id).run_dir, vm_id=record.id, timeout=10.0)
         with self._agents_lock:
-            self._agents[record.id] = client
-        return client
+            raced = self._agents.get(record.id)
+            if raced is None:
+                self._agents[record.id] = lease
+        if raced is not None:  # another thread connected meanwhile: use theirs
+            lease.close()
+            return raced.client
+        return lease.client
 
     def _forget_agent(self, vm_id: str) -> None:
         with self._agents_lock:
-            client = self._agents.pop(vm_id, None)
-        if client is not None:
-            client.close()
+            lease = self._agents.pop(vm_id, None)
+        if lease is not None:
+            lease.close()
 
     def _identity(self, record: MachineRecord) -> ProcessIdentity | None:
         if record.pid is None or record.pid_start_time is None:

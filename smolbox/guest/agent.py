@@ -301,27 +301,51 @@ def find_port(name: str = p.PORT_NAME, sysfs: str = "/sys/class/virtio-ports",
     return None
 
 
+def find_ports(name: str = p.PORT_NAME, sysfs: str = "/sys/class/virtio-ports",
+               dev: str = "/dev") -> list[str]:
+    """Every port named ``name`` or ``name.N``: the host opens several so that several
+    host processes can each hold a connection (QEMU serves one client per port)."""
+    found: list[str] = []
+    for entry in sorted(glob.glob(os.path.join(sysfs, "*", "name"))):
+        try:
+            with open(entry, encoding="ascii") as fh:
+                port = fh.read().strip()
+        except OSError:
+            continue
+        if port == name or (port.startswith(name + ".") and port[len(name) + 1:].isdigit()):
+            found.append(os.path.join(dev, os.path.basename(os.path.dirname(entry))))
+    return found
+
+
 def serve_port(notify_fd: int | None = None, name: str = p.PORT_NAME) -> int:
-    """Serve the virtio-serial port forever (the guest's mode); returns an exit code."""
-    path = None
+    """Serve the virtio-serial ports forever (the guest's mode); returns an exit code.
+
+    One thread per port, all sharing one Agent: background processes, env defaults and
+    identity are the machine's, whichever port a host process came in on.
+    """
+    paths: list[str] = []
     for _ in range(600):
-        path = find_port(name)
-        if path is not None and os.path.exists(path):
-            break
+        if find_port(name) is not None:
+            paths = [path for path in find_ports(name) if os.path.exists(path)]
+            if paths:
+                break
         time.sleep(0.05)
-    if path is None:
+    if not paths:
         print(f"smolbox-agent: no virtio port named {name}", file=sys.stderr)
         return 1
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fds = [os.open(path, os.O_RDWR | os.O_CLOEXEC) for path in paths]
 
     def power_off() -> None:
         if notify_fd is not None:
             os.write(notify_fd, NOTE_POWER_OFF)
 
     agent = Agent(system=True, on_power_off=power_off)
+    for fd in fds[1:]:
+        threading.Thread(target=agent.serve, args=(FdTransport(fd),),
+                         kwargs={"persistent": True}, name=f"port-{fd}", daemon=True).start()
     if notify_fd is not None:
         os.write(notify_fd, NOTE_READY)
-    agent.serve(FdTransport(fd), persistent=True)
+    agent.serve(FdTransport(fds[0]), persistent=True)
     return 0
 
 

@@ -32,7 +32,7 @@ def qemu_binary() -> str:
 def spawn(spec: VMSpec, *, timeout: float = 30.0) -> ProcessIdentity:
     """Start QEMU for ``spec``; return once its sockets exist (``-daemonize`` semantics)."""
     argv = build_argv(spec, qemu_binary=qemu_binary())
-    for stale in (spec.qmp_socket, spec.agent_socket, spec.pidfile):
+    for stale in (spec.qmp_socket, *spec.agent_sockets, spec.pidfile):
         stale.unlink(missing_ok=True)
     try:
         with open(spec.stderr_log, "wb") as log:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 AGENT_PORT_NAME = "org.smolbox.agent"
+# Several ports so several host processes (a server, the CLI, an SDK script) can each
+# hold an agent connection to the same machine: QEMU serves one client per socket.
+AGENT_PORTS = 4
 CONSOLE_CHARDEV = "console"
 CONSOLE_RING_BYTES = 1 << 20  # the console is a bounded ring: a chatty guest cannot fill the disk
 ROOT_DRIVE_ID = "root"
@@ -57,7 +60,12 @@ class VMSpec:
 
     @property
     def agent_socket(self) -> Path:
-        return self.run_dir / "agent.sock"
+        """Port 0: the one boot waits on."""
+        return self.agent_sockets[0]
+
+    @property
+    def agent_sockets(self) -> list[Path]:
+        return agent_socket_paths(self.run_dir)
 
     @property
     def pidfile(self) -> Path:
@@ -66,6 +74,15 @@ class VMSpec:
     @property
     def stderr_log(self) -> Path:
         return self.run_dir / "qemu.stderr"
+
+
+def agent_port_name(index: int) -> str:
+    """Port 0 keeps the plain name (what the guest and image checks look for first)."""
+    return AGENT_PORT_NAME if index == 0 else f"{AGENT_PORT_NAME}.{index}"
+
+
+def agent_socket_paths(run_dir: Path) -> list[Path]:
+    return [run_dir / ("agent.sock" if i == 0 else f"agent{i}.sock") for i in range(AGENT_PORTS)]
 
 
 def memory_object(spec: VMSpec) -> str:
@@ -111,9 +128,8 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
         "-device", f"virtio-blk-device,drive={ROOT_DRIVE_ID}",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",
-        "-device", "virtio-serial-device,max_ports=4",
-        "-chardev", f"socket,id=agent,path={spec.agent_socket},server=on,wait=off",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-device", f"virtio-serial-device,max_ports={AGENT_PORTS + 1}",
+        *agent_port_args(spec),
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-pidfile", str(spec.pidfile),
         "-daemonize",
@@ -124,6 +140,14 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
     if spec.incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def agent_port_args(spec: VMSpec) -> list[str]:
+    args: list[str] = []
+    for index, socket_path in enumerate(spec.agent_sockets):
+        args += ["-chardev", f"socket,id=agent{index},path={socket_path},server=on,wait=off",
+                 "-device", f"virtserialport,chardev=agent{index},name={agent_port_name(index)}"]
+    return args
 
 
 def has_power_button(machine: str) -> bool:

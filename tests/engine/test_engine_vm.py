@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from smolbox import errors
 from smolbox.config import MachineConfig
+from smolbox.engine.channels import claim_agent
 from smolbox.engine.engine import Engine
 from smolbox.engine.reconcile import qemu_processes_under
 from smolbox.engine.states import MachineState
 from smolbox.host.procs import ProcessIdentity
 from smolbox.store import MachineRecord
+from smolbox.vmm.spec import AGENT_PORTS
 
 pytestmark = pytest.mark.vm
 
@@ -183,8 +188,8 @@ def test_reconcile_marks_a_silently_dead_machine_error(engine: Engine) -> None:
     assert record.pid is not None and record.pid_start_time is not None
     os.kill(record.pid, signal.SIGKILL)
     wait_until_dead(ProcessIdentity(record.pid, record.pid_start_time))
-    with Engine() as other_process_view:
-        report = other_process_view.reconcile()
+    with Engine() as other_process_view:  # an engine reconciles when it starts
+        report = other_process_view.startup_report
     assert record.id in report.marked_error
     stored = engine.get(record.id)
     assert stored.state == MachineState.ERROR and stored.error_reason
@@ -222,3 +227,30 @@ def test_unknown_image_leaves_no_row(engine: Engine) -> None:
     with pytest.raises(errors.ImageNotFoundError):
         engine.create(MachineConfig(image="no-such-image"))
     assert {r.id for r in engine.list_machines()} == before
+
+
+def test_another_process_can_exec_while_this_one_holds_a_connection(
+        engine: Engine, machine: MachineRecord) -> None:
+    engine.exec(machine.id, "true")  # this process now holds one agent port
+    cli = Path(sys.executable).with_name("smolbox")
+    done = subprocess.run([str(cli), "exec", machine.id, "--", "echo", "from-cli"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from-cli\n"
+
+
+def test_all_agent_ports_taken_is_a_typed_retryable_error(
+        engine: Engine, machine: MachineRecord) -> None:
+    engine.exec(machine.id, "true")  # port 0 is held by the engine's cached connection
+    run_dir = engine.layout(machine.id).run_dir
+    held = [claim_agent(run_dir, vm_id=machine.id, timeout=10) for _ in range(AGENT_PORTS - 1)]
+    try:
+        with pytest.raises(errors.CommandExecutionUnavailableError) as caught:
+            claim_agent(run_dir, vm_id=machine.id, timeout=0.3)
+        assert caught.value.retryable
+        assert held[0].client.exec(["echo", "port-1"]).stdout == "port-1\n"
+    finally:
+        for lease in held:
+            lease.close()
+    spare = claim_agent(run_dir, vm_id=machine.id, timeout=10)
+    spare.close()

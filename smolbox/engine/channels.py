@@ -1,0 +1,83 @@
+"""Claiming one of a machine's agent ports for this process.
+
+QEMU serves one client per virtio-serial socket, and a new connection on a port
+ends the guest's session on it. A machine therefore has several agent ports, and a
+process that wants to talk to the agent first takes an exclusive ``flock`` on the
+port's lock file in the run dir, then connects. The lock lives as long as the
+connection, so the REST server, a warm pool, the CLI and SDK scripts can all use
+the same machine at once without stealing each other's sessions; the kernel drops
+the lock if the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smolbox import errors
+from smolbox.channel import AgentClient
+from smolbox.vmm.spec import agent_socket_paths
+
+BUSY_POLL_SECONDS = 0.05
+
+
+@dataclass
+class AgentLease:
+    """An agent connection plus the port lock that makes it ours."""
+
+    client: AgentClient
+    lock_fd: int
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)  # releases the flock
+                self.lock_fd = -1
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_agent(run_dir: Path, *, vm_id: str, timeout: float) -> AgentLease:
+    """Connect to the first free agent port; wait (up to ``timeout``) while all are taken.
+
+    Connection errors (agent not up yet, handshake timeout) are raised as they come:
+    callers that wait for a boot retry those themselves.
+    """
+    deadline = time.monotonic() + timeout
+    sockets = agent_socket_paths(run_dir)
+    while True:
+        for index, socket_path in enumerate(sockets):
+            try:
+                lock_fd = _try_lock(run_dir / f"agent{index}.lock")
+            except FileNotFoundError:
+                raise errors.CommandExecutionUnavailableError(
+                    vm_id, "the machine's run directory is gone (it was stopped)") from None
+            if lock_fd is None:
+                continue
+            try:
+                remaining = max(0.05, deadline - time.monotonic())
+                client = AgentClient.connect(socket_path, vm_id=vm_id, timeout=remaining)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            return AgentLease(client, lock_fd)
+        if time.monotonic() >= deadline:
+            raise errors.CommandExecutionUnavailableError(
+                vm_id, f"all {len(sockets)} agent channels are in use by other processes",
+                remediation="Close idle SDK sessions or servers holding this machine, "
+                            "or retry shortly (the error is retryable).",
+            )
+        time.sleep(BUSY_POLL_SECONDS)
