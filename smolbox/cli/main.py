@@ -45,8 +45,13 @@ def _register_commands() -> None:
     """Import command modules; each adds its commands to ``app``."""
     from smolbox.cli import (  # noqa: F401
         doctor,
+        files,
         image,
         machines,
+        pause,
+        serve,
+        shell,
+        snapshots,
     )
 
 

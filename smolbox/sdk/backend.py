@@ -25,6 +25,10 @@ class ShellSession(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def close_input(self) -> None:
+        """No more input (like ^D at the start of a line)."""
+        ...
+
     def output(self) -> Iterator[bytes]:
         """Terminal output until the process exits (then ``exit_code`` is set)."""
         ...

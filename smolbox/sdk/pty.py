@@ -7,8 +7,10 @@ stdlib script that opens a pty, runs the shell on it with the requested window
 size, and relays bytes between the agent's pipes and the pty master. The host
 side just moves raw bytes.
 
-The relay ends the shell when its stdin closes (the host went away), so a
-dropped CLI never leaves an orphaned shell in the guest.
+When its stdin ends the relay types ^D (end of input), and again whenever the
+terminal has been quiet for a second (readline may swallow the first one);
+the host ends a session by killing the relay, which closes the pty and hangs
+up the shell, so a dropped CLI never leaves an orphaned shell in the guest.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from smolbox.channel.client import AgentClient, ProcessHandle
 
 # Runs in the guest as `python3 -c RELAY ROWS COLS ARGV...`. Stdlib only.
 RELAY = r"""
-import fcntl, os, pty, select, signal, struct, sys, termios
+import fcntl, os, pty, select, struct, sys, termios
 rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 pid, master = pty.fork()
 if pid == 0:
@@ -31,12 +33,14 @@ if pid == 0:
 open_in = True
 while True:
     fds = [master] + ([0] if open_in else [])
-    ready, _, _ = select.select(fds, [], [])
+    ready, _, _ = select.select(fds, [], [], None if open_in else 1.0)
+    if not ready:  # input has ended and the terminal is quiet: type ^D again
+        os.write(master, b"\x04")
     if 0 in ready:
         data = os.read(0, 65536)
         if not data:
             open_in = False
-            os.kill(pid, signal.SIGHUP)
+            os.write(master, b"\x04")
         else:
             os.write(master, data)
     if master in ready:
@@ -80,6 +84,9 @@ class AgentShell:
     def send(self, data: bytes) -> None:
         if data:
             self._handle.send_stdin(data)
+
+    def close_input(self) -> None:
+        self._handle.close_stdin()
 
     def output(self) -> Iterator[bytes]:
         for event in self._handle.events():
