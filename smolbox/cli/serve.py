@@ -8,6 +8,7 @@ loopback, so a typo cannot expose VMs that run untrusted code to the network.
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import typer
 
@@ -52,8 +53,9 @@ def serve(
                               max_download_bytes=max_download_mib * MiB)
     sock = bind(host, port)
     url = url_of(sock)
-    if OPTIONS.json:
-        render.print_json({"url": url, "token_file": None if no_auth else str(path)})
+    if OPTIONS.json:  # one line, flushed: a supervisor reads it while we keep running
+        print(json.dumps({"url": url, "token_file": None if no_auth else str(path)}),
+              flush=True)
     else:
         render.stdout.print(f"smolbox server listening on {url}")
         if token is None:

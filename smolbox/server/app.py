@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
 
 import smolbox
@@ -33,16 +34,18 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Opening the engine blocks (SQLite, reconcile, netlink via its own event loop):
+        # do it in a worker thread, never on the server's loop.
         owned = None
         if app.state.backend is None:
-            owned = LocalBackend()
+            owned = await anyio.to_thread.run_sync(LocalBackend)
             app.state.backend = owned
         try:
             yield
         finally:
             if owned is not None:
-                owned.close()
                 app.state.backend = None
+                await anyio.to_thread.run_sync(owned.close)
 
     app = FastAPI(
         title="smolbox", version=smolbox.__version__, lifespan=lifespan,
