@@ -230,8 +230,8 @@ class Engine:
         """Crashes of earlier processes must not linger; a failure here is not fatal."""
         try:
             report = self.reconcile()
-        except errors.SmolboxError as err:
-            log.warning("reconcile at engine start failed: %s", err)
+        except Exception:  # never keep the engine from starting (logged with the cause)
+            log.warning("reconcile at engine start failed", exc_info=True)
             return ReconcileReport()
         if report.marked_error or report.killed_pids or report.pool_removed:
             log.warning("reconcile at engine start: %s", report)

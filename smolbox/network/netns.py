@@ -14,6 +14,7 @@ process; the thread exits afterwards, so the change never leaks.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -51,16 +52,30 @@ def _setns(path: Path) -> None:
         os.close(fd)
 
 
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def run_in(netns: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` executed in ``netns`` (the caller's own namespace when None)."""
-    if netns is None:
+    """``fn()`` executed in ``netns`` (the caller's own namespace when None).
+
+    The work also moves to a worker thread when the caller's thread runs an asyncio
+    loop (e.g. the REST server starting its engine): pyroute2 drives its own loop on
+    the calling thread and cannot while another one is running there.
+    """
+    if netns is None and not _event_loop_running():
         return fn()
-    path = NETNS_DIR / check_netns_name(netns)
+    path = NETNS_DIR / check_netns_name(netns) if netns is not None else None
     outcome: dict[str, object] = {}
 
     def body() -> None:
         try:
-            _setns(path)
+            if path is not None:
+                _setns(path)
         except OSError as err:
             outcome["error"] = NetworkSetupError(
                 f"Cannot enter network namespace {netns}: {err.strerror}",
@@ -72,7 +87,7 @@ def run_in(netns: str | None, fn: Callable[[], T]) -> T:
         except BaseException as err:  # re-raised in the caller's thread
             outcome["error"] = err
 
-    worker = threading.Thread(target=body, name=f"smolbox-netns-{netns}")
+    worker = threading.Thread(target=body, name=f"smolbox-netns-{netns or 'host'}")
     worker.start()
     worker.join()
     if "error" in outcome:
