@@ -57,7 +57,7 @@ def delete_everything(engine: Engine) -> list[str]:
         except Exception as err:
             problems.append(f"machine {record.id}: {err}")
     with suppress(Exception):
-        for snap in engine.list_snapshots():
+        for snap in reversed(engine.list_snapshots()):  # children before parents
             try:
                 engine.delete_snapshot(snap.name)
             except Exception as err:
