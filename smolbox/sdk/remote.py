@@ -80,6 +80,7 @@ class RemoteBackend:
                 help="Start a server with `smolbox serve` and set SMOLBOX_URL to its address.")
         token = token if token is not None else os.environ.get("SMOLBOX_TOKEN")
         self.url = base.rstrip("/")
+        self._token = token
         self.retry = retry or RetryPolicy()
         headers = {"User-Agent": "smolbox-sdk"}
         if token:
@@ -227,10 +228,16 @@ class RemoteBackend:
 
     def shell(self, vm: str, *, command: builtins.list[str] | None = None, rows: int = 24,
               cols: int = 80, env: dict[str, str] | None = None) -> ShellSession:
-        raise errors.NotSupportedError(
-            "Interactive shells are not served over the REST API yet", operation="shell",
-            reason="the server has no terminal (WebSocket) endpoint",
-            help="Run `smolbox shell` on the server host (local backend), or use exec.")
+        """A terminal over the server's WebSocket endpoint (``env`` is not sent)."""
+        from smolbox.sdk.remote_shell import RemoteShell
+
+        if env:
+            raise errors.NotSupportedError(
+                "Setting the environment of a remote shell is not supported",
+                operation="shell", reason="the WebSocket endpoint takes no environment",
+                help="Export the variables inside the shell, or use exec(env=...).")
+        return RemoteShell.open(self.url, vm, token=self._token, command=command, rows=rows,
+                                cols=cols)
 
     # ------------------------------------------------------------------ files
     def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,

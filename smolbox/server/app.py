@@ -22,7 +22,7 @@ from smolbox.server import errors as error_handlers
 from smolbox.server.auth import require_token
 from smolbox.server.metrics import Metrics
 from smolbox.server.middleware import RequestContextMiddleware, RouteLabels
-from smolbox.server.routes import commands, files, health, machines, snapshots
+from smolbox.server.routes import commands, files, health, machines, shell, snapshots
 from smolbox.server.settings import ServerSettings
 
 API_PREFIX = "/v1"
@@ -70,5 +70,6 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     for module in (machines, commands, files, snapshots):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(shell.router)  # WebSocket: checks the token itself
     app.include_router(health.router)
     return app

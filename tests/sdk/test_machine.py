@@ -127,6 +127,17 @@ def test_pause_resume(machine: Machine) -> None:
     assert machine.exec("echo back").stdout == "back\n"
 
 
+def test_shell_runs_on_a_pty(machine: Machine) -> None:
+    session = machine.shell(command=["/bin/sh"], rows=30, cols=100)
+    try:
+        session.send(b"tty; stty size; echo shell-$((6*7)); exit 3\n")
+        screen = b"".join(session.output()).decode()
+    finally:
+        session.close()
+    assert "/dev/pts/" in screen and "30 100" in screen and "shell-42" in screen
+    assert session.exit_code == 3
+
+
 def test_logs_show_console_output(machine: Machine) -> None:
     machine.exec("echo marker-on-the-console > /dev/console").assert_success()
     assert "marker-on-the-console" in "".join(machine.logs())

@@ -156,8 +156,14 @@ def test_url_from_environment(sdk_server: ServerThread, server_token: str,
     assert caught.value.details["field"] == "url"
 
 
-def test_shell_is_not_supported_remotely(sdk_server: ServerThread, server_token: str) -> None:
-    with RemoteBackend(sdk_server.url, token=server_token) as backend, \
-            pytest.raises(errors.NotSupportedError) as caught:
+def test_remote_shell_errors_are_typed(sdk_server: ServerThread, server_token: str) -> None:
+    with RemoteBackend(sdk_server.url, token=server_token) as backend:
+        with pytest.raises(errors.VMNotFoundError) as missing:
+            backend.shell("no-such-machine")
+        assert missing.value.details["request_id"]
+        with pytest.raises(errors.NotSupportedError) as caught:
+            backend.shell("any", env={"A": "1"})
+        assert caught.value.details["operation"] == "shell"
+    with RemoteBackend(sdk_server.url, token="wrong") as backend, \
+            pytest.raises(errors.AuthError):
         backend.shell("any")
-    assert caught.value.details["operation"] == "shell"
