@@ -24,7 +24,7 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class Warning(_Wire):
+class MachineWarning(_Wire):
     """A non-fatal condition worth showing to the user (e.g. KVM_UNAVAILABLE)."""
 
     code: str
@@ -47,7 +47,7 @@ class MachineInfo(_Wire):
     error_reason: str | None = None
     source_snapshot: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    warnings: list[Warning] = Field(default_factory=list)
+    warnings: list[MachineWarning] = Field(default_factory=list)
 
     @classmethod
     def from_record(cls, record: MachineRecord) -> MachineInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,8 @@ from smolbox import errors
 from smolbox.server import load_or_create_token
 
 
-def assert_catalogue(response: httpx.Response, cls: type[errors.SmolboxError]) -> dict:  # type: ignore[type-arg]
+def assert_catalogue(response: httpx.Response,
+                     cls: type[errors.SmolboxError]) -> dict[str, Any]:
     """The body is exactly the catalogue shape, status the class's, and it parses back."""
     body = response.json()
     assert set(body) == {"error"}
@@ -21,7 +23,8 @@ def assert_catalogue(response: httpx.Response, cls: type[errors.SmolboxError]) -
     assert response.status_code == cls.http_status
     assert type(errors.from_wire(body)) is cls
     assert body["error"]["details"]["request_id"] == response.headers["X-Request-ID"]
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.parametrize("method,path", [
