@@ -52,7 +52,7 @@ _Event = tuple[str, bytes, int | None, int | None]  # kind, data, code (or pid),
 # ------------------------------------------------------------------------- validation
 
 
-def _check_path(path: object, field: str = "path") -> str:
+def check_guest_path(path: object, field: str = "path") -> str:
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise ValidationError(f"Guest {field} must be an absolute path, got {path!r}",
                               field=field, value=str(path))
@@ -83,7 +83,7 @@ def _exec_request(argv: list[str], env: dict[str, str] | None, cwd: str | None,
                 raise ValidationError(f"Environment variable {key} must be a string without NUL",
                                       field="env", value=str(key))
     if cwd is not None:
-        _check_path(cwd, "cwd")
+        check_guest_path(cwd, "cwd")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise ValidationError("timeout must be a positive number of seconds",
                               field="timeout", value=timeout)
@@ -278,6 +278,14 @@ class AgentClient:
     def guest_info(self) -> dict[str, Any]:
         """What the agent said in the handshake (version, capabilities, background pids)."""
         return dict(self._conn.hello)
+
+    def supports(self, capability: str) -> bool:
+        """Whether the guest's agent announced ``capability`` (older images lack new ones)."""
+        return capability in (self._conn.hello.get("capabilities") or ())
+
+    def request(self, op: str, *, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """One request/reply operation by name, for ops without a dedicated method."""
+        return self._simple({"op": op, **args}, timeout)
 
     # -------------------------------------------------------------------- helpers
     def _open(self, kind: StreamKind) -> Stream:
@@ -482,7 +490,7 @@ class AgentClient:
     # -------------------------------------------------------------------- files
     def write_file(self, path: str, data: bytes | BinaryIO, *, mode: int = 0o644) -> None:
         """Write a guest file atomically (temp file + rename), streamed in chunks."""
-        _check_path(path)
+        check_guest_path(path)
         if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise ValidationError("mode must be an integer between 0 and 0o7777",
                                   field="mode", value=mode)
@@ -516,7 +524,7 @@ class AgentClient:
 
     def read_file_stream(self, path: str) -> Iterator[bytes]:
         """A guest file's content in chunks; the guest never runs far ahead of you."""
-        _check_path(path)
+        check_guest_path(path)
         stream = self._open("read")
         try:
             stream.send_json(p.REQUEST, {"op": "read_file", "path": path,
@@ -552,7 +560,7 @@ class AgentClient:
 
     def upload(self, host_path: str | Path, guest_path: str, *, mode: int | None = None) -> None:
         """Copy a host file into the guest, streamed; the mode defaults to the host file's."""
-        _check_path(guest_path)
+        check_guest_path(guest_path)
         try:
             fh = open(host_path, "rb")  # noqa: SIM115 - closed below, after the transfer
         except OSError as exc:
@@ -565,7 +573,7 @@ class AgentClient:
 
     def download(self, guest_path: str, host_path: str | Path) -> None:
         """Copy a guest file to the host, streamed; the host file appears atomically."""
-        _check_path(guest_path)
+        check_guest_path(guest_path)
         target = Path(host_path)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
@@ -585,18 +593,18 @@ class AgentClient:
                 os.unlink(tmp)
 
     def mkdir(self, path: str, parents: bool = True, mode: int = 0o755) -> None:
-        self._simple({"op": "mkdir", "path": _check_path(path), "parents": parents,
+        self._simple({"op": "mkdir", "path": check_guest_path(path), "parents": parents,
                       "mode": mode})
 
     def list_dir(self, path: str) -> list[FileStat]:
-        obj = self._simple({"op": "list", "path": _check_path(path)})
+        obj = self._simple({"op": "list", "path": check_guest_path(path)})
         entries = obj.get("entries")
         if not isinstance(entries, list):
             raise GuestProtocolError("list: the guest sent no entries", vm_id=self.vm_id)
         return [_file_stat(entry) for entry in entries]
 
     def stat(self, path: str) -> FileStat:
-        return _file_stat(self._simple({"op": "stat", "path": _check_path(path)}))
+        return _file_stat(self._simple({"op": "stat", "path": check_guest_path(path)}))
 
     def exists(self, path: str) -> bool:
         try:
@@ -606,7 +614,7 @@ class AgentClient:
         return True
 
     def remove(self, path: str, recursive: bool = False) -> None:
-        self._simple({"op": "remove", "path": _check_path(path), "recursive": recursive})
+        self._simple({"op": "remove", "path": check_guest_path(path), "recursive": recursive})
 
     # --------------------------------------------------------- machine settings
     def ping(self) -> float:

@@ -13,6 +13,7 @@ is the source of truth shared by the CLI, the SDK and the REST server.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from smolbox import errors
 from smolbox.channel import AgentClient
@@ -40,6 +41,7 @@ from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
 from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshots import SnapshotFiles, copy_file, file_entries, verify
 from smolbox.engine.states import MachineState, require_state
+from smolbox.engine.transfer import MIN_FAST_BYTES, create_xfer_disk, upload_via_disk
 from smolbox.host.accel import choose_accelerator, tsc_khz
 from smolbox.host.procs import ProcessIdentity
 from smolbox.images import ImageCatalog, InstalledImage
@@ -71,6 +73,19 @@ def guest_cmdline(image: InstalledImage) -> str:
     if khz:
         parts.append(f"tsc_early_khz={khz}")
     return " ".join(parts)
+
+
+def _remaining(source: BinaryIO) -> int | None:
+    """Bytes left in a seekable source (None when it cannot tell, e.g. a pipe)."""
+    try:
+        if not source.seekable():
+            return None
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(here)
+        return end - here
+    except (OSError, ValueError):
+        return None
 
 
 def template_name(image: InstalledImage, config: MachineConfig) -> str:
@@ -554,6 +569,7 @@ class Engine:
             initrd=image.initrd, memory_mib=int(manifest["memory_mib"]),
             vcpus=int(manifest["vcpus"]), accel_args=tuple(accel.qemu_args),
             ram=RamBacking("file", files.ram, share=False), incoming=True,
+            xfer_disk=layout.xfer_disk,
         )
         self._boot(vm_id, config, spec, layout,
                    restore=lambda qmp: load_state(qmp, files.state, ignore_shared=True))
@@ -574,9 +590,11 @@ class Engine:
             memory_mib=config.memory_mib,
             vcpus=config.vcpus, accel_args=tuple(choose_accelerator().qemu_args),
             ram=RamBacking("file", files.ram, share=True), incoming=True,
+            xfer_disk=files.root / "xfer.img",
         )
         try:
             create_overlay(files.disk, scratch, base_format="qcow2")
+            create_xfer_disk(files.root / "xfer.img")
             identity = spawn(spec)
             try:
                 with QMPSession(spec.qmp_socket, timeout=60.0) as qmp:
@@ -586,8 +604,35 @@ class Engine:
                 stop_process(identity, spec.qmp_socket, vm_id=spec.name, graceful=False)
         finally:
             for leftover in (scratch, files.stream, spec.qmp_socket, *spec.agent_sockets,
-                             spec.pidfile, spec.stderr_log):
+                             spec.pidfile, spec.stderr_log, files.root / "xfer.img"):
                 leftover.unlink(missing_ok=True)
+
+    def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
+                   mode: int = 0o644) -> None:
+        """Write a guest file atomically; large ones go through the transfer disk."""
+        source: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        size = len(data) if isinstance(data, bytes | bytearray) else _remaining(source)
+        with self.guest(vm, "write_file") as agent:
+            if size is None or size >= MIN_FAST_BYTES:
+                start = source.tell() if source.seekable() else None
+                if upload_via_disk(agent, self.layout(self.get(vm).id).xfer_disk, source,
+                                   path, mode=mode):
+                    return
+                if start is not None:
+                    source.seek(start)
+            agent.write_file(path, source, mode=mode)
+
+    def upload(self, vm: str, host_path: str | Path, guest_path: str, *,
+               mode: int | None = None) -> None:
+        """Copy a host file into the guest (streamed; the host mode unless ``mode``)."""
+        try:
+            handle = open(host_path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise errors.ValidationError(f"Cannot read {host_path}: {exc.strerror}",
+                                         field="host_path", value=str(host_path)) from None
+        with handle:
+            chosen = mode if mode is not None else os.fstat(handle.fileno()).st_mode & 0o7777
+            self.write_file(vm, guest_path, handle, mode=chosen)
 
     # ------------------------------------------------------------------ inside
     def _spec(self, vm_id: str, config: MachineConfig, image: InstalledImage,
@@ -597,7 +642,7 @@ class Engine:
             name=vm_id, kernel=image.kernel, cmdline=guest_cmdline(image), disk=layout.disk,
             run_dir=layout.run_dir, machine=image.machine, initrd=image.initrd,
             memory_mib=config.memory_mib, vcpus=config.vcpus,
-            accel_args=tuple(accel.qemu_args),
+            accel_args=tuple(accel.qemu_args), xfer_disk=layout.xfer_disk,
             extra_args=network.qemu_args if network is not None else (),
         )
 
@@ -619,6 +664,8 @@ class Engine:
               guest_commands: tuple[tuple[str, ...], ...] = ()) -> None:
         """Spawn QEMU, optionally load a snapshot, handshake, set identity; all or nothing."""
         layout.create()
+        if spec.xfer_disk is not None:
+            create_xfer_disk(spec.xfer_disk)
         identity = spawn(spec)
         self.store.update_machine(vm_id, pid=identity.pid, pid_start_time=identity.start_time,
                                   accelerator=choose_accelerator().name)

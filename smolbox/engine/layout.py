@@ -29,6 +29,10 @@ class MachineLayout:
         return self.machine_dir / "disk.qcow2"
 
     @property
+    def xfer_disk(self) -> Path:
+        return self.machine_dir / "xfer.img"
+
+    @property
     def console_log(self) -> Path:
         return self.machine_dir / "console.log"
 

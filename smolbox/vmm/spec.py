@@ -18,6 +18,8 @@ AGENT_PORTS = 4
 CONSOLE_CHARDEV = "console"
 CONSOLE_RING_BYTES = 1 << 20  # the console is a bounded ring: a chatty guest cannot fill the disk
 ROOT_DRIVE_ID = "root"
+XFER_DRIVE_ID = "xfer"
+XFER_SERIAL = "smolbox-xfer"  # the guest finds the transfer disk by this serial
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class VMSpec:
     disk_format: str = "qcow2"
     extra_args: tuple[str, ...] = ()
     incoming: bool = False
+    xfer_disk: Path | None = None
 
     @property
     def qmp_socket(self) -> Path:
@@ -130,6 +133,7 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
         "-device", "virtio-rng-device,rng=rng0",
         "-device", f"virtio-serial-device,max_ports={AGENT_PORTS + 1}",
         *agent_port_args(spec),
+        *xfer_disk_args(spec),
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-pidfile", str(spec.pidfile),
         "-daemonize",
@@ -148,6 +152,18 @@ def agent_port_args(spec: VMSpec) -> list[str]:
         args += ["-chardev", f"socket,id=agent{index},path={socket_path},server=on,wait=off",
                  "-device", f"virtserialport,chardev=agent{index},name={agent_port_name(index)}"]
     return args
+
+
+def xfer_disk_args(spec: VMSpec) -> list[str]:
+    """The transfer disk: a raw scratch device for fast uploads (see engine/transfer.py).
+
+    Placed after the root disk so the guest still sees its root as /dev/vda.
+    """
+    if spec.xfer_disk is None:
+        return []
+    return ["-drive", f"id={XFER_DRIVE_ID},file={spec.xfer_disk},format=raw,if=none,"
+            "cache=unsafe",
+            "-device", f"virtio-blk-device,drive={XFER_DRIVE_ID},serial={XFER_SERIAL}"]
 
 
 def has_power_button(machine: str) -> bool:

@@ -6,6 +6,7 @@ machine (kill QEMU, boot timeouts) make their own.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -254,3 +255,45 @@ def test_all_agent_ports_taken_is_a_typed_retryable_error(
             lease.close()
     spare = claim_agent(run_dir, vm_id=machine.id, timeout=10)
     spare.close()
+
+
+def test_large_writes_go_through_the_transfer_disk_byte_exact(
+        engine: Engine, machine: MachineRecord, tmp_path: Path) -> None:
+    payload = os.urandom((20 << 20) + 12345)  # more than one transfer-disk chunk, unaligned
+    engine.write_file(machine.id, "/root/large.bin", payload, mode=0o600)
+    digest = engine.exec(machine.id, "sha256sum /root/large.bin").stdout.split()[0]
+    assert digest == hashlib.sha256(payload).hexdigest()
+    assert engine.exec(machine.id, "stat -c %a /root/large.bin").stdout == "600\n"
+    leftovers = engine.exec(machine.id, "ls -a /root | grep smolbox- || true").stdout
+    assert leftovers == "", "a temp file of the atomic write was left behind"
+    host_file = tmp_path / "upload.bin"
+    host_file.write_bytes(payload[: 3 << 20])
+    host_file.chmod(0o640)
+    engine.upload(machine.id, host_file, "/root/uploaded.bin")
+    assert engine.exec(machine.id, "stat -c %a:%s /root/uploaded.bin").stdout == (
+        f"640:{3 << 20}\n")
+
+
+def test_transfer_disk_errors_are_typed_and_leave_it_usable(
+        engine: Engine, machine: MachineRecord) -> None:
+    payload = os.urandom(2 << 20)
+    with pytest.raises(errors.GuestFileNotFoundError):
+        engine.write_file(machine.id, "/no/such/dir/file.bin", payload)
+    with pytest.raises(errors.ValidationError):
+        engine.write_file(machine.id, "relative.bin", payload)
+    with pytest.raises(errors.ValidationError):
+        engine.upload(machine.id, "/no/such/host/file", "/root/x")
+    engine.write_file(machine.id, "/root/after-error.bin", payload)
+    assert engine.exec(machine.id, "stat -c %s /root/after-error.bin").stdout == f"{2 << 20}\n"
+
+
+def test_a_busy_transfer_disk_falls_back_to_the_serial_stream(
+        engine: Engine, machine: MachineRecord) -> None:
+    import fcntl
+
+    payload = os.urandom(3 << 20)
+    with open(engine.layout(machine.id).xfer_disk, "rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another upload holds the disk
+        engine.write_file(machine.id, "/root/fallback.bin", payload)
+    digest = engine.exec(machine.id, "sha256sum /root/fallback.bin").stdout.split()[0]
+    assert digest == hashlib.sha256(payload).hexdigest()

@@ -123,8 +123,11 @@ def test_new_hello_ends_the_old_session_and_its_foreground_processes(
     pid = host.until(1, p.REPLY).json()["pid"]
     host.hello(nonce="second")  # same connection, new session
     for _ in range(200):
-        if not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[
-                2] == "Z":
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:  # gone (and reaped) between two looks
+            break
+        if state == "Z":
             break
         time.sleep(0.05)
     else:

@@ -1,0 +1,71 @@
+"""Fast uploads through a machine's transfer disk (the host half of guest/blockxfer.py).
+
+The host writes each chunk of the file into the transfer disk's backing file
+(QEMU opens it with the host page cache, so it sees the bytes at once) and asks
+the agent to copy the chunk from the device into the target's temp file; a final
+commit renames it into place. One upload at a time per machine: the backing file is
+``flock``-ed, and a caller that finds it busy (or an agent without the capability)
+falls back to the virtio-serial stream, which is slower but always there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO
+
+from smolbox import errors
+from smolbox.channel import AgentClient
+from smolbox.channel.client import check_guest_path
+
+XFER_BYTES = 16 << 20  # size of the transfer disk (sparse)
+CHUNK = XFER_BYTES
+CAPABILITY = "blockxfer"
+MIN_FAST_BYTES = 1 << 20  # below this the serial stream is as quick and simpler
+
+
+def create_xfer_disk(path: Path) -> None:
+    """A sparse raw file of ``XFER_BYTES``; its content never matters between uploads."""
+    with open(path, "ab") as handle:
+        handle.truncate(XFER_BYTES)
+
+
+def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
+                    guest_path: str, *, mode: int) -> bool:
+    """Copy ``source`` to ``guest_path``; False (nothing done) if the fast path is busy
+    or unavailable, so the caller can use the serial stream instead."""
+    check_guest_path(guest_path)
+    if not client.supports(CAPABILITY) or not xfer_path.exists():
+        return False
+    lock_fd = os.open(xfer_path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        token = str(client.request("xfer_begin", path=guest_path, mode=mode)["token"])
+        try:
+            offset = 0
+            while True:
+                try:
+                    chunk = source.read(CHUNK)
+                except OSError as exc:
+                    raise errors.GuestFileError(
+                        f"upload: reading the source failed: {exc}", path=guest_path,
+                        errno=exc.errno) from None
+                if not chunk:
+                    break
+                os.pwrite(lock_fd, chunk, 0)
+                client.request("xfer_chunk", token=token, disk_offset=0, file_offset=offset,
+                               length=len(chunk))
+                offset += len(chunk)
+            client.request("xfer_commit", token=token)
+        except BaseException:
+            with suppress(errors.SmolboxError):
+                client.request("xfer_abort", token=token, timeout=10)
+            raise
+        return True
+    finally:
+        os.close(lock_fd)  # releases the flock

@@ -1,0 +1,179 @@
+"""Bulk uploads through the transfer disk, the fast path for host -> guest files.
+
+Why: QEMU hands virtio-serial data to the guest 4 KiB at a time, and under software
+emulation the guest spends so long per 4 KiB buffer that uploads stall around
+40 MiB/s. The host also attaches a small raw disk (virtio-blk, serial
+``smolbox-xfer``); it writes a chunk of the file into that disk's backing file,
+and the agent copies the chunk from the block device with ``O_DIRECT`` (large DMA
+reads, no stale guest page cache) into the target's temp file. The file still
+appears atomically: temp file + rename on commit, removed on abort.
+
+Stdlib only: this file is copied into the guest rootfs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import mmap
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from smolbox.guest.session import OpError
+
+XFER_SERIAL = "smolbox-xfer"
+ALIGN = 4096
+MAX_CHUNK = 64 << 20
+
+
+def find_device(sysfs: str = "/sys/block") -> str:
+    """The /dev node of the block device whose serial is ``smolbox-xfer``."""
+    for serial_file in sorted(glob.glob(os.path.join(sysfs, "*", "serial"))):
+        with contextlib.suppress(OSError), open(serial_file, encoding="ascii") as fh:
+            if fh.read().strip() == XFER_SERIAL:
+                return "/dev/" + os.path.basename(os.path.dirname(serial_file))
+    raise OpError("this machine has no transfer disk", err=errno.ENODEV, kind="request")
+
+
+@dataclass
+class Upload:
+    path: str
+    tmp: str
+    mode: int
+    fd: int
+    device_fd: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.device_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.device_fd = -1
+
+
+_uploads: dict[str, Upload] = {}
+_uploads_lock = threading.Lock()
+# One page-aligned buffer (as O_DIRECT needs) kept for the agent's life: touching a
+# fresh 16 MiB mapping costs ~0.25 s of page faults under TCG on every upload.
+_buffer: mmap.mmap | None = None
+_buffer_lock = threading.Lock()
+
+
+def _shared_buffer(size: int) -> mmap.mmap:
+    global _buffer
+    if _buffer is None or len(_buffer) < size:
+        if _buffer is not None:
+            _buffer.close()
+        _buffer = mmap.mmap(-1, max(size, ALIGN))
+    return _buffer
+
+
+def _int(req: dict[str, Any], key: str, *, limit: int) -> int:
+    value = req.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise OpError(f"{key} must be an integer between 0 and {limit}", kind="request")
+    return value
+
+
+def _upload(req: dict[str, Any]) -> Upload:
+    with _uploads_lock:
+        found = _uploads.get(str(req.get("token")))
+    if found is None:
+        raise OpError("unknown transfer token", err=errno.ENOENT, kind="request")
+    return found
+
+
+def op_xfer_begin(req: dict[str, Any]) -> dict[str, Any]:
+    path = req.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise OpError("path must be an absolute path", kind="request", path=str(path))
+    directory, name = os.path.split(path)
+    if not name:
+        raise OpError("path names a directory", err=errno.EISDIR, path=path)
+    device = find_device()
+    tmp = os.path.join(directory, f".{name}.smolbox-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OpError.from_os(exc, path) from None
+    try:
+        device_fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(tmp)
+        raise OpError.from_os(exc, device) from None
+    token = secrets.token_hex(8)
+    with _uploads_lock:
+        _uploads[token] = Upload(path, tmp, int(req.get("mode", 0o644)) & 0o7777, fd, device_fd)
+    return {"token": token, "device": device}
+
+
+def op_xfer_chunk(req: dict[str, Any]) -> dict[str, Any]:
+    """Copy ``length`` bytes at ``disk_offset`` of the device to ``file_offset``."""
+    upload = _upload(req)
+    length = _int(req, "length", limit=MAX_CHUNK)
+    disk_offset = _int(req, "disk_offset", limit=1 << 40)
+    file_offset = _int(req, "file_offset", limit=1 << 50)
+    if disk_offset % ALIGN:
+        raise OpError(f"disk_offset must be a multiple of {ALIGN}", kind="request")
+    span = (length + ALIGN - 1) // ALIGN * ALIGN
+    with upload.lock, _buffer_lock:
+        if upload.fd < 0:
+            raise OpError("transfer already finished", kind="request")
+        view = memoryview(_shared_buffer(span))[:span]
+        try:
+            got = os.preadv(upload.device_fd, [view], disk_offset)
+            if got < length:
+                raise OpError(f"transfer disk returned {got} of {length} bytes",
+                              err=errno.EIO, path=upload.path)
+            data = view[:length]
+            while data:
+                written = os.pwrite(upload.fd, data, file_offset)
+                data = data[written:]
+                file_offset += written
+        except OSError as exc:
+            raise OpError.from_os(exc, upload.path) from None
+        finally:
+            view.release()
+    return {"written": length}
+
+
+def op_xfer_commit(req: dict[str, Any]) -> dict[str, Any]:
+    upload = _upload(req)
+    with upload.lock:
+        try:
+            os.fchmod(upload.fd, upload.mode)
+            size = os.fstat(upload.fd).st_size
+            upload.close()
+            os.rename(upload.tmp, upload.path)
+        except OSError as exc:
+            upload.close()
+            with contextlib.suppress(OSError):
+                os.unlink(upload.tmp)
+            raise OpError.from_os(exc, upload.path) from None
+        finally:
+            with _uploads_lock:
+                _uploads.pop(str(req.get("token")), None)
+    return {"size": size}
+
+
+def op_xfer_abort(req: dict[str, Any]) -> dict[str, Any]:
+    with _uploads_lock:
+        upload = _uploads.pop(str(req.get("token")), None)
+    if upload is not None:
+        with upload.lock:
+            upload.close()
+            with contextlib.suppress(OSError):
+                os.unlink(upload.tmp)
+    return {}
+
+
+XFER_OPS = {
+    "xfer_begin": op_xfer_begin, "xfer_chunk": op_xfer_chunk,
+    "xfer_commit": op_xfer_commit, "xfer_abort": op_xfer_abort,
+}
