@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import click
 import typer
+from typer.exceptions import TyperException
 
 from smolbox import errors
 from smolbox.cli import render
@@ -58,7 +60,9 @@ def _register_commands() -> None:
 def main() -> None:
     _register_commands()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of
+        # raising it (click >= 8.2); `exec` and `run` pass the guest's code this way.
+        code = app(standalone_mode=False)
     except errors.SmolboxError as err:
         render.render_error(err, OPTIONS.json)
         sys.exit(render.exit_code_for(err))
@@ -69,10 +73,12 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as click_error:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(click_error, click.ClickException):
-            click_error.show()
-            sys.exit(click_error.exit_code)
-        raise
+    except (TyperException, click.ClickException) as usage_error:
+        # Usage errors from click, or from the click that typer vendors; both can show
+        # themselves and carry their exit code (2 for usage).
+        show = getattr(usage_error, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(usage_error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
