@@ -89,8 +89,7 @@ class LocalBackend:
     # ------------------------------------------------------------------- files
     def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
                    mode: int = 0o644) -> None:
-        with self.engine.guest(vm, "write_file") as agent:
-            agent.write_file(path, data, mode=mode)
+        self.engine.write_file(vm, path, data, mode=mode)  # large files: the transfer disk
 
     def read_file(self, vm: str, path: str) -> Iterator[bytes]:
         with self.engine.guest(vm, "read_file") as agent:
