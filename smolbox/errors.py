@@ -26,7 +26,8 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "SmolboxError", "SmolVMError", "from_wire", "catalogue", "error_for_status",
     # families usable across transports
-    "BadRequestError", "AuthError", "AuthenticationError", "PermissionDeniedError",
+    "BadRequestError", "MethodNotAllowedError", "PayloadTooLargeError", "AuthError",
+    "AuthenticationError", "PermissionDeniedError",
     "NotFoundError", "ConflictError", "UnprocessableError", "RateLimitedError",
     "InternalError", "UnavailableError", "ServiceUnavailableError", "ConnectionError",
     "RequestTimeoutError",
@@ -175,6 +176,14 @@ class BadRequestError(SmolboxError):
     code = "BAD_REQUEST"
     http_status = 400
     default_help = "Check the request against the API reference (`/v1/openapi.json`)."
+
+
+class MethodNotAllowedError(BadRequestError):
+    """The route exists but not for this HTTP method."""
+
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+    default_help = "Use a method the route allows; see /openapi.json."
 
 
 class AuthError(SmolboxError):
@@ -415,6 +424,14 @@ class ValidationError(UnprocessableError):
                  details: dict[str, Any] | None = None, help: str | None = None) -> None:
         super().__init__(message, details=details, help=help)
         self._remember(field=field, value=_jsonable(value))
+
+
+class PayloadTooLargeError(ValidationError):
+    """A request or response body is larger than the server allows."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+    default_help = "Split the data, or start the server with a larger size limit."
 
 
 class InvalidConfigError(ValidationError):
@@ -912,8 +929,10 @@ _STATUS_FALLBACK: dict[int, type[SmolboxError]] = {
     401: AuthError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    405: MethodNotAllowedError,
     408: RequestTimeoutError,
     409: ConflictError,
+    413: PayloadTooLargeError,
     422: UnprocessableError,
     429: RateLimitedError,
     500: InternalError,

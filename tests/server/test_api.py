@@ -84,7 +84,7 @@ def test_upload_over_declared_limit_is_refused_before_reading(
     with ServerThread(app) as small, httpx.Client(base_url=small.url) as http:
         response = http.put("/v1/machines/any/files/content", params={"path": "/f"},
                             content=b"x" * 11, headers={"Authorization": f"Bearer {token}"})
-    error = assert_catalogue(response, errors.ValidationError)
+    error = assert_catalogue(response, errors.PayloadTooLargeError)
     assert error["details"]["limit_bytes"] == 10
 
 
@@ -141,3 +141,8 @@ def test_token_file_is_private_and_reused(tmp_path: Path) -> None:
     with pytest.raises(errors.HostError) as caught:
         load_or_create_token(path)
     assert "chmod 600" in caught.value.help
+
+
+
+def test_wrong_method_is_a_catalogue_405(client: httpx.Client) -> None:
+    assert_catalogue(client.patch("/v1/machines"), errors.MethodNotAllowedError)

@@ -87,7 +87,8 @@ def test_chunked_upload_over_limit_is_refused_and_leaves_nothing(http: httpx.Cli
 
     response = http.put(f"/machines/{vm}/files/content", params={"path": "/tmp/big"},
                         content=body())
-    assert response.status_code == 422
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert response.json()["error"]["details"]["limit_bytes"] == LIMIT
     missing = http.get(f"/machines/{vm}/files/stat", params={"path": "/tmp/big"})
     assert missing.json()["error"]["code"] == "GUEST_FILE_NOT_FOUND"
@@ -109,7 +110,7 @@ def test_download_over_limit_and_of_directory_are_refused(http: httpx.Client,
                     json={"cmd": f"head -c {LIMIT + 1} /dev/zero > /tmp/huge"})
     assert run.json()["exit_code"] == 0
     big = http.get(f"/machines/{vm}/files/content", params={"path": "/tmp/huge"})
-    assert big.status_code == 422 and big.json()["error"]["details"]["limit_bytes"] == LIMIT
+    assert big.status_code == 413 and big.json()["error"]["details"]["limit_bytes"] == LIMIT
     folder = http.get(f"/machines/{vm}/files/content", params={"path": "/tmp"})
     assert folder.json()["error"]["code"] == "GUEST_FILE_ERROR"
 

@@ -14,6 +14,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         404: "Machine, snapshot or guest file not found",
         408: "The operation timed out",
         409: "Conflict with the machine's state",
+        413: "Body larger than the server's limit",
         422: "Validation error",
         500: "Engine or server error",
         501: "Not supported",

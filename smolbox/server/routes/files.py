@@ -33,8 +33,8 @@ GuestPath = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^/",
 OCTETS = "application/octet-stream"
 
 
-def too_large(what: str, limit: int, size: int | None = None) -> errors.ValidationError:
-    return errors.ValidationError(
+def too_large(what: str, limit: int, size: int | None = None) -> errors.PayloadTooLargeError:
+    return errors.PayloadTooLargeError(
         f"The {what} exceeds the server's limit of {limit} bytes", field="body",
         value=size, details={"limit_bytes": limit},
         help="Split the file, or start the server with a larger limit "
