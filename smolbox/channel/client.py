@@ -281,7 +281,7 @@ class AgentClient:
 
     def supports(self, capability: str) -> bool:
         """Whether the guest's agent announced ``capability`` (older images lack new ones)."""
-        return capability in (self._conn.hello.get("capabilities") or ())
+        return capability in (self._conn.hello.get("caps") or ())
 
     def request(self, op: str, *, timeout: float | None = None, **args: Any) -> dict[str, Any]:
         """One request/reply operation by name, for ops without a dedicated method."""

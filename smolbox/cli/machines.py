@@ -1,8 +1,10 @@
 """Machine commands: create, list, info, exec, run, start, stop, restart, rm, logs.
 
-Thin by design: parse arguments, call the engine, render. ``exec`` and ``run``
-stream the guest's output as it arrives and exit with the guest command's own
-exit code (128+N when a signal N killed it), like ``docker exec`` and ``ssh``.
+Thin by design: parse arguments, call the SDK backend (the local engine, or the
+server in ``SMOLBOX_URL``), render. ``exec`` and ``run`` stream the guest's output
+as it arrives and exit with the guest command's own exit code (128+N when a signal
+N killed it), like ``docker exec`` and ``ssh``. ``reconcile`` is host maintenance
+and always runs on this host's engine.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import typer
 
 from smolbox.cli import render
+from smolbox.cli.client import sdk_backend
 from smolbox.cli.main import OPTIONS, app
 from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
-from smolbox.store import MachineRecord
+from smolbox.sdk.backend import Backend
+from smolbox.sdk.models import MachineInfo
 
 
 @contextmanager
@@ -27,11 +31,11 @@ def engine() -> Iterator[Engine]:
         yield eng
 
 
-def _row(record: MachineRecord) -> dict[str, Any]:
+def _row(info: MachineInfo) -> dict[str, Any]:
     return {
-        "id": record.id, "name": record.name, "state": str(record.state),
-        "image": f"{record.image_ref}:{record.image_version}", "pid": record.pid,
-        "ip": record.ip, "error": record.error_reason,
+        "id": info.id, "name": info.name, "state": info.state,
+        "image": f"{info.image}:{info.image_version}", "pid": info.pid,
+        "ip": info.ip, "error": info.error_reason,
     }
 
 
@@ -64,8 +68,9 @@ def create(name: str | None = NAME_OPT, image: str = IMAGE_OPT, memory: int = ME
            vcpus: int = VCPUS_OPT, env: list[str] = ENV_OPT,
            boot_timeout: float = BOOT_OPT) -> None:
     """Create and boot a machine; prints its id."""
-    with engine() as eng:
-        record = eng.create(_config(name, image, memory, vcpus, env, boot_timeout))
+    with sdk_backend() as backend:
+        record = backend.create(_config(name, image, memory, vcpus, env, boot_timeout)
+                                .model_dump(mode="json"))
     if OPTIONS.json:
         render.print_json(_row(record))
     else:
@@ -75,8 +80,8 @@ def create(name: str | None = NAME_OPT, image: str = IMAGE_OPT, memory: int = ME
 @app.command("list")
 def list_machines() -> None:
     """List machines."""
-    with engine() as eng:
-        rows = [_row(record) for record in eng.list_machines()]
+    with sdk_backend() as backend:
+        rows = [_row(record) for record in backend.list()]
     if OPTIONS.json:
         render.print_json(rows)
         return
@@ -88,21 +93,21 @@ def list_machines() -> None:
 @app.command()
 def info(name: str) -> None:
     """Show one machine in detail."""
-    with engine() as eng:
-        data = eng.info(name)
+    with sdk_backend() as backend:
+        data = backend.info(name).model_dump(mode="json")
     if OPTIONS.json:
         render.print_json(data)
     else:
         render.print_mapping({k: v for k, v in data.items() if k != "config"}, title=name)
 
 
-def _stream(eng: Engine, name: str, command: list[str], env: dict[str, str],
+def _stream(backend: Backend, name: str, command: list[str], env: dict[str, str],
             cwd: str | None, user: str | None, timeout: float | None) -> int:
     """Copy the command's output to ours as it arrives; return a shell-style exit code."""
     out, err = sys.stdout.buffer, sys.stderr.buffer
     code = 1
-    for event in eng.exec_stream(name, command, env=env or None, cwd=cwd, user=user,
-                                 timeout=timeout):
+    for event in backend.exec_stream(name, command, env=env or None, cwd=cwd, user=user,
+                                     timeout=timeout):
         if event.kind == "stdout":
             out.write(event.data)
             out.flush()
@@ -125,8 +130,8 @@ def exec_command(name: str, command: list[str] = CMD_ARG, env: list[str] = ENV_O
                  cwd: str | None = CWD_OPT, user: str | None = USER_OPT,
                  timeout: float | None = TIMEOUT_OPT) -> None:
     """Run a command in a machine; output streams, the exit code passes through."""
-    with engine() as eng:
-        code = _stream(eng, name, command, _parse_env(env), cwd, user, timeout)
+    with sdk_backend() as backend:
+        code = _stream(backend, name, command, _parse_env(env), cwd, user, timeout)
     raise typer.Exit(code)
 
 
@@ -137,21 +142,22 @@ def run(command: list[str] = CMD_ARG, name: str | None = NAME_OPT, image: str = 
         keep: bool = typer.Option(False, "--keep", help="Keep the machine afterwards."),
         boot_timeout: float = BOOT_OPT) -> None:
     """Create a machine, run one command in it, delete it (unless --keep)."""
-    with engine() as eng:
-        record = eng.create(_config(name, image, memory, vcpus, [], boot_timeout))
+    with sdk_backend() as backend:
+        record = backend.create(_config(name, image, memory, vcpus, [], boot_timeout)
+                                .model_dump(mode="json"))
         try:
-            code = _stream(eng, record.id, command, _parse_env(env), cwd, None, timeout)
+            code = _stream(backend, record.id, command, _parse_env(env), cwd, None, timeout)
         finally:
             if not keep:
-                eng.delete(record.id, force=True)
+                backend.delete(record.id, force=True)
     raise typer.Exit(code)
 
 
 @app.command()
 def start(name: str) -> None:
     """Boot a stopped machine again (its disk is kept)."""
-    with engine() as eng:
-        record = eng.start(name)
+    with sdk_backend() as backend:
+        record = backend.start(name)
     print(record.name)
 
 
@@ -159,8 +165,8 @@ def start(name: str) -> None:
 def stop(name: str, force: bool = typer.Option(False, "--force", help="Skip the graceful steps.")
          ) -> None:
     """Stop a machine (graceful shutdown ladder); prints the step that stopped it."""
-    with engine() as eng:
-        step = eng.stop(name, graceful=not force)
+    with sdk_backend() as backend:
+        step = backend.stop(name, graceful=not force)
     if OPTIONS.json:
         render.print_json({"name": name, "stopped_by": step})
     else:
@@ -170,8 +176,8 @@ def stop(name: str, force: bool = typer.Option(False, "--force", help="Skip the 
 @app.command()
 def restart(name: str) -> None:
     """Stop then start a machine."""
-    with engine() as eng:
-        eng.restart(name)
+    with sdk_backend() as backend:
+        backend.restart(name)
     print(name)
 
 
@@ -180,9 +186,9 @@ def remove(names: list[str] = typer.Argument(..., help="Machines to delete."),
            force: bool = typer.Option(False, "--force", "-f", help="Kill instead of shutdown.")
            ) -> None:
     """Delete machines and everything they own on the host."""
-    with engine() as eng:
+    with sdk_backend() as backend:
         for name in names:
-            eng.delete(name, force=force)
+            backend.delete(name, force=force)
             if not OPTIONS.json:
                 print(f"{name} deleted")
     if OPTIONS.json:
@@ -192,8 +198,8 @@ def remove(names: list[str] = typer.Argument(..., help="Machines to delete."),
 @app.command()
 def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f")) -> None:
     """Print the machine's console log (bounded); --follow keeps printing."""
-    with engine() as eng:
-        for chunk in eng.logs(name, follow=follow):
+    with sdk_backend() as backend:
+        for chunk in backend.logs(name, follow=follow):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 

@@ -608,8 +608,9 @@ class Engine:
                 leftover.unlink(missing_ok=True)
 
     def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
-                   mode: int = 0o644) -> None:
-        """Write a guest file atomically; large ones go through the transfer disk."""
+                   mode: int = 0o644) -> str:
+        """Write a guest file atomically; returns the path taken: ``"transfer-disk"``
+        for large files when the disk is free, else ``"stream"`` (virtio-serial)."""
         source: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
         size = len(data) if isinstance(data, bytes | bytearray) else _remaining(source)
         with self.guest(vm, "write_file") as agent:
@@ -617,13 +618,14 @@ class Engine:
                 start = source.tell() if source.seekable() else None
                 if upload_via_disk(agent, self.layout(self.get(vm).id).xfer_disk, source,
                                    path, mode=mode):
-                    return
+                    return "transfer-disk"
                 if start is not None:
                     source.seek(start)
             agent.write_file(path, source, mode=mode)
+            return "stream"
 
     def upload(self, vm: str, host_path: str | Path, guest_path: str, *,
-               mode: int | None = None) -> None:
+               mode: int | None = None) -> str:
         """Copy a host file into the guest (streamed; the host mode unless ``mode``)."""
         try:
             handle = open(host_path, "rb")  # noqa: SIM115 - closed below
@@ -632,7 +634,7 @@ class Engine:
                                          field="host_path", value=str(host_path)) from None
         with handle:
             chosen = mode if mode is not None else os.fstat(handle.fileno()).st_mode & 0o7777
-            self.write_file(vm, guest_path, handle, mode=chosen)
+            return self.write_file(vm, guest_path, handle, mode=chosen)
 
     # ------------------------------------------------------------------ inside
     def _spec(self, vm_id: str, config: MachineConfig, image: InstalledImage,

@@ -5,8 +5,11 @@ emulation the guest spends so long per 4 KiB buffer that uploads stall around
 40 MiB/s. The host also attaches a small raw disk (virtio-blk, serial
 ``smolbox-xfer``); it writes a chunk of the file into that disk's backing file,
 and the agent copies the chunk from the block device with ``O_DIRECT`` (large DMA
-reads, no stale guest page cache) into the target's temp file. The file still
-appears atomically: temp file + rename on commit, removed on abort.
+reads, no stale guest page cache) into the target's temp file. The temp file is
+written with ``O_DIRECT`` too where the filesystem allows it: under TCG, buffered
+writes crawl through the guest's page cache at ~50-70 MiB/s, direct ones reach
+QEMU (and the host page cache) at over 1 GiB/s. The file still appears atomically:
+temp file + rename on commit, removed on abort.
 
 Stdlib only: this file is copied into the guest rootfs.
 """
@@ -46,14 +49,16 @@ class Upload:
     mode: int
     fd: int
     device_fd: int
+    direct_fd: int = -1  # the temp file opened O_DIRECT, or -1 where unsupported (tmpfs)
+    size: int = 0  # bytes of the file so far (direct writes pad the tail; trimmed on commit)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
-        for fd in (self.fd, self.device_fd):
+        for fd in (self.fd, self.device_fd, self.direct_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.fd = self.device_fd = -1
+        self.fd = self.device_fd = self.direct_fd = -1
 
 
 _uploads: dict[str, Upload] = {}
@@ -107,9 +112,14 @@ def op_xfer_begin(req: dict[str, Any]) -> dict[str, Any]:
         os.close(fd)
         os.unlink(tmp)
         raise OpError.from_os(exc, device) from None
+    try:
+        direct_fd = os.open(tmp, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        direct_fd = -1  # e.g. tmpfs before Linux 6.6: buffered writes only
     token = secrets.token_hex(8)
     with _uploads_lock:
-        _uploads[token] = Upload(path, tmp, int(req.get("mode", 0o644)) & 0o7777, fd, device_fd)
+        _uploads[token] = Upload(path, tmp, int(req.get("mode", 0o644)) & 0o7777, fd, device_fd,
+                                 direct_fd)
     return {"token": token, "device": device}
 
 
@@ -131,11 +141,14 @@ def op_xfer_chunk(req: dict[str, Any]) -> dict[str, Any]:
             if got < length:
                 raise OpError(f"transfer disk returned {got} of {length} bytes",
                               err=errno.EIO, path=upload.path)
-            data = view[:length]
-            while data:
-                written = os.pwrite(upload.fd, data, file_offset)
-                data = data[written:]
-                file_offset += written
+            end = file_offset + length
+            if upload.direct_fd >= 0 and file_offset % ALIGN == 0:
+                # Whole aligned blocks (the tail padded with whatever the buffer holds);
+                # commit truncates the file back to its real size.
+                _write_all(upload.direct_fd, view, file_offset)
+            else:
+                _write_all(upload.fd, view[:length], file_offset)
+            upload.size = max(upload.size, end)
         except OSError as exc:
             raise OpError.from_os(exc, upload.path) from None
         finally:
@@ -143,10 +156,18 @@ def op_xfer_chunk(req: dict[str, Any]) -> dict[str, Any]:
     return {"written": length}
 
 
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written
+
+
 def op_xfer_commit(req: dict[str, Any]) -> dict[str, Any]:
     upload = _upload(req)
     with upload.lock:
         try:
+            os.ftruncate(upload.fd, upload.size)
             os.fchmod(upload.fd, upload.mode)
             size = os.fstat(upload.fd).st_size
             upload.close()

@@ -260,7 +260,8 @@ def test_all_agent_ports_taken_is_a_typed_retryable_error(
 def test_large_writes_go_through_the_transfer_disk_byte_exact(
         engine: Engine, machine: MachineRecord, tmp_path: Path) -> None:
     payload = os.urandom((20 << 20) + 12345)  # more than one transfer-disk chunk, unaligned
-    engine.write_file(machine.id, "/root/large.bin", payload, mode=0o600)
+    assert engine.write_file(machine.id, "/root/large.bin", payload, mode=0o600) == (
+        "transfer-disk")
     digest = engine.exec(machine.id, "sha256sum /root/large.bin").stdout.split()[0]
     assert digest == hashlib.sha256(payload).hexdigest()
     assert engine.exec(machine.id, "stat -c %a /root/large.bin").stdout == "600\n"
@@ -269,7 +270,8 @@ def test_large_writes_go_through_the_transfer_disk_byte_exact(
     host_file = tmp_path / "upload.bin"
     host_file.write_bytes(payload[: 3 << 20])
     host_file.chmod(0o640)
-    engine.upload(machine.id, host_file, "/root/uploaded.bin")
+    assert engine.upload(machine.id, host_file, "/root/uploaded.bin") == "transfer-disk"
+    assert engine.write_file(machine.id, "/root/small.bin", b"tiny") == "stream"
     assert engine.exec(machine.id, "stat -c %a:%s /root/uploaded.bin").stdout == (
         f"640:{3 << 20}\n")
 
@@ -283,7 +285,7 @@ def test_transfer_disk_errors_are_typed_and_leave_it_usable(
         engine.write_file(machine.id, "relative.bin", payload)
     with pytest.raises(errors.ValidationError):
         engine.upload(machine.id, "/no/such/host/file", "/root/x")
-    engine.write_file(machine.id, "/root/after-error.bin", payload)
+    assert engine.write_file(machine.id, "/root/after-error.bin", payload) == "transfer-disk"
     assert engine.exec(machine.id, "stat -c %s /root/after-error.bin").stdout == f"{2 << 20}\n"
 
 
@@ -294,6 +296,6 @@ def test_a_busy_transfer_disk_falls_back_to_the_serial_stream(
     payload = os.urandom(3 << 20)
     with open(engine.layout(machine.id).xfer_disk, "rb+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another upload holds the disk
-        engine.write_file(machine.id, "/root/fallback.bin", payload)
+        assert engine.write_file(machine.id, "/root/fallback.bin", payload) == "stream"
     digest = engine.exec(machine.id, "sha256sum /root/fallback.bin").stdout.split()[0]
     assert digest == hashlib.sha256(payload).hexdigest()
