@@ -41,7 +41,12 @@ from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
 from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshots import SnapshotFiles, copy_file, file_entries, verify
 from smolbox.engine.states import MachineState, require_state
-from smolbox.engine.transfer import MIN_FAST_BYTES, create_xfer_disk, upload_via_disk
+from smolbox.engine.transfer import (
+    MIN_FAST_BYTES,
+    create_xfer_disk,
+    download_chunks,
+    upload_via_disk,
+)
 from smolbox.host.accel import choose_accelerator, tsc_khz
 from smolbox.host.procs import ProcessIdentity
 from smolbox.images import ImageCatalog, InstalledImage
@@ -623,6 +628,33 @@ class Engine:
                     source.seek(start)
             agent.write_file(path, source, mode=mode)
             return "stream"
+
+    def read_file_stream(self, vm: str, path: str) -> Iterator[bytes]:
+        """A guest file in chunks (through the transfer disk when it is free)."""
+        with self.guest(vm, "read_file") as agent:
+            chunks = download_chunks(agent, self.layout(self.get(vm).id).xfer_disk, path)
+            yield from (chunks if chunks is not None else agent.read_file_stream(path))
+
+    def read_file(self, vm: str, path: str) -> bytes:
+        return b"".join(self.read_file_stream(vm, path))
+
+    def download(self, vm: str, guest_path: str, host_path: str | Path) -> None:
+        """Copy a guest file to the host, streamed; the host file appears complete or
+        not at all."""
+        target = Path(host_path)
+        part = target.with_name(f".{target.name}.smolbox-part")
+        try:
+            with open(part, "wb") as sink:
+                for chunk in self.read_file_stream(vm, guest_path):
+                    sink.write(chunk)
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise errors.ValidationError(f"Cannot write {host_path}: {exc.strerror}",
+                                         field="host_path", value=str(host_path)) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
 
     def upload(self, vm: str, host_path: str | Path, guest_path: str, *,
                mode: int | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Fast uploads through a machine's transfer disk (the host half of guest/blockxfer.py).
+"""Fast transfers through a machine's transfer disk (the host half of guest/blockxfer.py).
 
 The host writes each chunk of the file into the transfer disk's backing file
 (QEMU opens it with the host page cache, so it sees the bytes at once) and asks
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +24,7 @@ from smolbox.channel.client import check_guest_path
 XFER_BYTES = 16 << 20  # size of the transfer disk (sparse)
 CHUNK = XFER_BYTES
 CAPABILITY = "blockxfer"
+READ_CAPABILITY = "blockxfer-read"
 MIN_FAST_BYTES = 1 << 20  # below this the serial stream is as quick and simpler
 
 
@@ -32,6 +34,47 @@ def create_xfer_disk(path: Path) -> None:
         handle.truncate(XFER_BYTES)
 
 
+def _lock(xfer_path: Path) -> int | None:
+    """The backing file's fd, exclusively locked; None if another transfer holds it."""
+    fd = os.open(xfer_path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def download_chunks(client: AgentClient, xfer_path: Path, guest_path: str
+                    ) -> Iterator[bytes] | None:
+    """``guest_path`` in chunks through the disk, or None (nothing done) when the fast
+    path is busy or unavailable. The returned generator holds the disk until it is
+    exhausted or closed. Like the stream, a file that changes meanwhile is read as it
+    is chunk by chunk."""
+    check_guest_path(guest_path)
+    if not client.supports(READ_CAPABILITY) or not xfer_path.exists():
+        return None
+    lock_fd = _lock(xfer_path)
+    if lock_fd is None:
+        return None
+    return _chunks(client, lock_fd, guest_path)
+
+
+def _chunks(client: AgentClient, lock_fd: int, guest_path: str) -> Iterator[bytes]:
+    try:
+        offset = 0
+        while True:
+            got = int(client.request("xfer_read", path=guest_path, file_offset=offset,
+                                     length=CHUNK, disk_offset=0)["read"])
+            if got:
+                yield os.pread(lock_fd, got, 0)
+                offset += got
+            if got < CHUNK:
+                return
+    finally:
+        os.close(lock_fd)
+
+
 def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
                     guest_path: str, *, mode: int) -> bool:
     """Copy ``source`` to ``guest_path``; False (nothing done) if the fast path is busy
@@ -39,12 +82,10 @@ def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
     check_guest_path(guest_path)
     if not client.supports(CAPABILITY) or not xfer_path.exists():
         return False
-    lock_fd = os.open(xfer_path, os.O_RDWR | os.O_CLOEXEC)
+    lock_fd = _lock(xfer_path)
+    if lock_fd is None:
+        return False
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
         token = str(client.request("xfer_begin", path=guest_path, mode=mode)["token"])
         try:
             offset = 0

@@ -1,4 +1,4 @@
-"""Bulk uploads through the transfer disk, the fast path for host -> guest files.
+"""Bulk transfers through the transfer disk, the fast path for large files.
 
 Why: QEMU hands virtio-serial data to the guest 4 KiB at a time, and under software
 emulation the guest spends so long per 4 KiB buffer that uploads stall around
@@ -9,7 +9,9 @@ reads, no stale guest page cache) into the target's temp file. The temp file is
 written with ``O_DIRECT`` too where the filesystem allows it: under TCG, buffered
 writes crawl through the guest's page cache at ~50-70 MiB/s, direct ones reach
 QEMU (and the host page cache) at over 1 GiB/s. The file still appears atomically:
-temp file + rename on commit, removed on abort.
+temp file + rename on commit, removed on abort. Downloads run the other way:
+the agent copies a chunk of the file onto the device (``O_DIRECT``) and the host
+reads it from the backing file.
 
 Stdlib only: this file is copied into the guest rootfs.
 """
@@ -22,6 +24,7 @@ import glob
 import mmap
 import os
 import secrets
+import stat as statmod
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +197,52 @@ def op_xfer_abort(req: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def op_xfer_read(req: dict[str, Any]) -> dict[str, Any]:
+    """Copy up to ``length`` bytes of a guest file at ``file_offset`` onto the device at
+    ``disk_offset`` (the host then reads them from the disk's backing file)."""
+    path = req.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise OpError("path must be an absolute path", kind="request", path=str(path))
+    length = _int(req, "length", limit=MAX_CHUNK)
+    disk_offset = _int(req, "disk_offset", limit=1 << 40)
+    file_offset = _int(req, "file_offset", limit=1 << 50)
+    if disk_offset % ALIGN:
+        raise OpError(f"disk_offset must be a multiple of {ALIGN}", kind="request")
+    device = find_device()
+    span = (length + ALIGN - 1) // ALIGN * ALIGN
+    with _buffer_lock:
+        view = memoryview(_shared_buffer(span))[:span]
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise OpError.from_os(exc, path) from None
+            try:
+                if not statmod.S_ISREG(os.fstat(fd).st_mode):
+                    raise OpError("not a regular file", err=errno.EISDIR, path=path)
+                got = os.preadv(fd, [view[:length]], file_offset)
+                size = os.fstat(fd).st_size
+            except OSError as exc:
+                raise OpError.from_os(exc, path) from None
+            finally:
+                os.close(fd)
+            if got:
+                try:
+                    out = os.open(device, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise OpError.from_os(exc, device) from None
+                try:
+                    _write_all(out, view[:(got + ALIGN - 1) // ALIGN * ALIGN], disk_offset)
+                except OSError as exc:
+                    raise OpError.from_os(exc, device) from None
+                finally:
+                    os.close(out)
+        finally:
+            view.release()
+    return {"read": got, "size": size}
+
+
 XFER_OPS = {
     "xfer_begin": op_xfer_begin, "xfer_chunk": op_xfer_chunk,
-    "xfer_commit": op_xfer_commit, "xfer_abort": op_xfer_abort,
+    "xfer_commit": op_xfer_commit, "xfer_abort": op_xfer_abort, "xfer_read": op_xfer_read,
 }

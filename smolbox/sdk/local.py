@@ -92,8 +92,7 @@ class LocalBackend:
         self.engine.write_file(vm, path, data, mode=mode)  # large files: the transfer disk
 
     def read_file(self, vm: str, path: str) -> Iterator[bytes]:
-        with self.engine.guest(vm, "read_file") as agent:
-            yield from agent.read_file_stream(path)
+        yield from self.engine.read_file_stream(vm, path)  # large files: the transfer disk
 
     def list_dir(self, vm: str, path: str) -> builtins.list[FileStat]:
         with self.engine.guest(vm, "list") as agent:

@@ -299,3 +299,21 @@ def test_a_busy_transfer_disk_falls_back_to_the_serial_stream(
         assert engine.write_file(machine.id, "/root/fallback.bin", payload) == "stream"
     digest = engine.exec(machine.id, "sha256sum /root/fallback.bin").stdout.split()[0]
     assert digest == hashlib.sha256(payload).hexdigest()
+
+
+def test_reads_and_downloads_through_the_transfer_disk(
+        engine: Engine, machine: MachineRecord, tmp_path: Path) -> None:
+    payload = os.urandom((17 << 20) + 4321)  # crosses a chunk boundary, unaligned end
+    engine.write_file(machine.id, "/root/down.bin", payload)
+    assert engine.read_file(machine.id, "/root/down.bin") == payload
+    target = tmp_path / "down.bin"
+    engine.download(machine.id, "/root/down.bin", target)
+    assert target.read_bytes() == payload
+    assert engine.read_file(machine.id, "/root/.profile").startswith(b"#")
+    with pytest.raises(errors.GuestFileNotFoundError):
+        engine.read_file(machine.id, "/root/missing.bin")
+    with pytest.raises(errors.GuestFileError):
+        engine.read_file(machine.id, "/root")
+    with pytest.raises(errors.ValidationError):
+        engine.download(machine.id, "/root/down.bin", tmp_path / "no-dir" / "x.bin")
+    assert not list(tmp_path.glob(".*smolbox-part")), "a partial download was left"
