@@ -11,7 +11,6 @@ the lock if the process dies.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from smolbox import errors
 from smolbox.channel import AgentClient
+from smolbox.engine.flock import try_exclusive
 from smolbox.vmm.spec import agent_socket_paths
 
 BUSY_POLL_SECONDS = 0.05
@@ -40,16 +40,6 @@ class AgentLease:
                 self.lock_fd = -1
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def claim_agent(run_dir: Path, *, vm_id: str, timeout: float) -> AgentLease:
     """Connect to the first free agent port; wait (up to ``timeout``) while all are taken.
 
@@ -61,7 +51,7 @@ def claim_agent(run_dir: Path, *, vm_id: str, timeout: float) -> AgentLease:
     while True:
         for index, socket_path in enumerate(sockets):
             try:
-                lock_fd = _try_lock(run_dir / f"agent{index}.lock")
+                lock_fd = try_exclusive(run_dir / f"agent{index}.lock", create=True)
             except FileNotFoundError:
                 raise errors.CommandExecutionUnavailableError(
                     vm_id, "the machine's run directory is gone (it was stopped)") from None

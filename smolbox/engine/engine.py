@@ -381,6 +381,14 @@ class Engine:
                 reason="virtiofs (vhost-user-fs) devices cannot be migrated by QEMU",
                 help="Create the machine without mounts, and copy files in with the files API.",
             )
+        if config.network.mode != "none":
+            raise errors.NotSupportedError(
+                f"Machine '{record.name}' has a network device and cannot be snapshotted yet",
+                operation="snapshot",
+                reason="clones are restored without a NIC, so the device state would not load",
+                help="Snapshot a machine with network mode 'none'; give clones network access "
+                     "by creating networked machines instead.",
+            )
         require_state(record.id, record.state, {MachineState.RUNNING, MachineState.PAUSED},
                       "snapshot")
         if not re.match(MACHINE_ID_PATTERN, name):

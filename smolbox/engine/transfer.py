@@ -10,7 +10,6 @@ falls back to the virtio-serial stream, which is slower but always there.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import suppress
@@ -20,6 +19,7 @@ from typing import BinaryIO
 from smolbox import errors
 from smolbox.channel import AgentClient
 from smolbox.channel.client import check_guest_path
+from smolbox.engine.flock import try_exclusive
 
 XFER_BYTES = 16 << 20  # size of the transfer disk (sparse)
 CHUNK = XFER_BYTES
@@ -34,15 +34,13 @@ def create_xfer_disk(path: Path) -> None:
         handle.truncate(XFER_BYTES)
 
 
-def _lock(xfer_path: Path) -> int | None:
-    """The backing file's fd, exclusively locked; None if another transfer holds it."""
-    fd = os.open(xfer_path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+def _claim(client: AgentClient, xfer_path: Path, guest_path: str, capability: str
+           ) -> int | None:
+    """The locked transfer disk for one transfer, or None: fall back to the stream."""
+    check_guest_path(guest_path)
+    if not client.supports(capability) or not xfer_path.exists():
         return None
-    return fd
+    return try_exclusive(xfer_path)
 
 
 def download_chunks(client: AgentClient, xfer_path: Path, guest_path: str
@@ -51,13 +49,8 @@ def download_chunks(client: AgentClient, xfer_path: Path, guest_path: str
     path is busy or unavailable. The returned generator holds the disk until it is
     exhausted or closed. Like the stream, a file that changes meanwhile is read as it
     is chunk by chunk."""
-    check_guest_path(guest_path)
-    if not client.supports(READ_CAPABILITY) or not xfer_path.exists():
-        return None
-    lock_fd = _lock(xfer_path)
-    if lock_fd is None:
-        return None
-    return _chunks(client, lock_fd, guest_path)
+    lock_fd = _claim(client, xfer_path, guest_path, READ_CAPABILITY)
+    return None if lock_fd is None else _chunks(client, lock_fd, guest_path)
 
 
 def _chunks(client: AgentClient, lock_fd: int, guest_path: str) -> Iterator[bytes]:
@@ -79,10 +72,7 @@ def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
                     guest_path: str, *, mode: int) -> bool:
     """Copy ``source`` to ``guest_path``; False (nothing done) if the fast path is busy
     or unavailable, so the caller can use the serial stream instead."""
-    check_guest_path(guest_path)
-    if not client.supports(CAPABILITY) or not xfer_path.exists():
-        return False
-    lock_fd = _lock(xfer_path)
+    lock_fd = _claim(client, xfer_path, guest_path, CAPABILITY)
     if lock_fd is None:
         return False
     try:

@@ -64,6 +64,19 @@ def _connect_cmd(host: str, port: int) -> list[str]:
             "print(c.recv(64).decode().strip())"]
 
 
+def wait_until_listening(engine: Any, vm_id: str, port: int) -> None:
+    """python3 -m http.server needs several seconds to start under TCG: wait (up to
+    60 s) until something listens on ``port`` in the guest, and fail clearly if not."""
+    waited = engine.exec(vm_id, ["python3", "-c",
+                                 "import socket,sys,time\n"
+                                 "for _ in range(600):\n"
+                                 f"    try: socket.create_connection(('127.0.0.1',{port}),1)\n"
+                                 "    except OSError: time.sleep(0.1)\n"
+                                 "    else: sys.exit(0)\n"
+                                 "sys.exit(1)"])
+    assert waited.exit_code == 0, f"nothing started listening on guest port {port}"
+
+
 @pytest.fixture
 def machine(engine: Any) -> Iterator[Any]:
     made: list[str] = []
@@ -104,16 +117,7 @@ def test_user_port_forward_reaches_guest_http_server(machine: Any, engine: Any) 
     engine.exec(record.id, ["sh", "-c", "mkdir -p /srv && echo smolbox-page > /srv/index.html"
                             " && cd /srv && setsid python3 -m http.server 8000 "
                             ">/dev/null 2>&1 < /dev/null &"])
-    # python3 -m http.server needs several seconds to start under TCG: wait for it
-    # to listen (up to 60 s) and fail here, clearly, if it never does.
-    waited = engine.exec(record.id, ["python3", "-c",
-                                     "import socket,sys,time\n"
-                                     "for _ in range(600):\n"
-                                     "    try: socket.create_connection(('127.0.0.1',8000),1)\n"
-                                     "    except OSError: time.sleep(0.1)\n"
-                                     "    else: sys.exit(0)\n"
-                                     "sys.exit(1)"])
-    assert waited.exit_code == 0, "the guest HTTP server never started listening"
+    wait_until_listening(engine, record.id, 8000)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as page:
         assert page.read().decode().strip() == "smolbox-page"
 
@@ -192,18 +196,21 @@ def test_tap_allow_one_address_only(machine: Any, engine: Any,
                                               "protocol": "tcp"}]}})
     assert engine.exec(guarded.id, _connect_cmd(allowed, 8080)).stdout.strip() == "hello"
     assert engine.exec(guarded.id, _connect_cmd(other, 8080)).exit_code != 0
-    # the peer's server takes seconds to start under TCG: prove it is up from the
-    # peer itself before asserting that the guarded machine cannot reach it
-    ready = engine.exec(peer.id, ["python3", "-c",
-                                  "import socket,sys,time\n"
-                                  "for _ in range(600):\n"
-                                  "    try: socket.create_connection(('127.0.0.1',8000),1)\n"
-                                  "    except OSError: time.sleep(0.1)\n"
-                                  "    else: sys.exit(0)\n"
-                                  "sys.exit(1)"])
-    assert ready.exit_code == 0
+    # prove the peer's server is up (from the peer itself) before asserting that the
+    # guarded machine cannot reach it
+    wait_until_listening(engine, peer.id, 8000)
     assert peer.ip is not None
     blocked = engine.exec(guarded.id, ["python3", "-c",
                                        "import socket\n"
                                        f"socket.create_connection(({peer.ip!r},8000),3)"])
     assert blocked.exit_code != 0, "a machine reached another machine on the bridge"
+
+
+def test_machines_with_a_nic_cannot_be_snapshotted_yet(machine: Any, engine: Any) -> None:
+    from smolbox.errors import NotSupportedError
+
+    record = machine({"network": {"mode": "user", "egress": "off"}})
+    with pytest.raises(NotSupportedError):
+        engine.snapshot(record.id, "nic-snapshot")
+    assert not engine.store.list_pending_snapshots()
+    assert engine.exec(record.id, "echo fine").stdout == "fine\n"
