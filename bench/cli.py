@@ -29,7 +29,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 NOTES = [
     "Figures are wall-clock times of real QEMU machines on this host; the host may be "
     "shared, so compare ratios of one run rather than absolute values across runs.",
-    "The engine has no warm pool: the fast start paths are template clones and forks.",
+    "Start paths compared: cold boots, template clones, the opt-in warm pool "
+    "(Engine(warm_pool=K)) and forks.",
 ]
 
 
