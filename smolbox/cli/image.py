@@ -152,8 +152,11 @@ def inspect(
 
 @image_app.command("rm")
 def remove(ref: str = typer.Argument(..., help="NAME (all versions) or NAME:VERSION")) -> None:
-    """Remove an image version, or every version of a name."""
-    removed = _catalog().remove(ref)
+    """Remove an image version, or every version of a name (refused while in use)."""
+    from smolbox.engine.engine import Engine
+
+    with Engine() as engine:
+        removed = engine.remove_image(ref)
     if OPTIONS.json:
         render.print_json({"removed": removed})
     else:

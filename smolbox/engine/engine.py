@@ -534,6 +534,35 @@ class Engine:
             return self.create(config, use_pool=False)
         return self.get(record.id)
 
+    def remove_image(self, ref: str) -> list[str]:
+        """Remove an image (``NAME`` = every version) unless machines or snapshots use it.
+
+        Its templates are internal and go first, when no machine builds on them.
+        """
+        name, _, version = ref.partition(":")
+        versions = {m.version for m in self.images.list() if m.name == name
+                    and (not version or m.version == version)}
+
+        def uses(image: str | None, image_version: str | None) -> bool:
+            return image == name and (image_version in versions if versions else True)
+
+        for snap in self.store.list_snapshots():
+            if snap.manifest.get("template") and uses(snap.manifest.get("image"),
+                                                      snap.manifest.get("image_version")):
+                with suppress(errors.ConflictError):
+                    self.delete_snapshot(snap.id)
+        machines = [r.name for r in self.list_machines() if uses(r.image_ref, r.image_version)]
+        snapshots = [s.name for s in self.store.list_snapshots()
+                     if uses(s.manifest.get("image"), s.manifest.get("image_version"))]
+        if machines or snapshots:
+            raise errors.ConflictError(
+                f"Image '{ref}' is still in use", details={"machines": machines,
+                                                           "snapshots": snapshots},
+                help="Their disks are overlays over the image: delete those machines and "
+                     "snapshots first.",
+            )
+        return self.images.remove(ref)
+
     def _uses_template(self, config: MachineConfig) -> bool:
         # Machines with a NIC or mounts have devices the template does not have.
         return config.from_template and config.network.mode == "none" and not config.mounts

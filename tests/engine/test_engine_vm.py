@@ -317,3 +317,11 @@ def test_reads_and_downloads_through_the_transfer_disk(
     with pytest.raises(errors.ValidationError):
         engine.download(machine.id, "/root/down.bin", tmp_path / "no-dir" / "x.bin")
     assert not list(tmp_path.glob(".*smolbox-part")), "a partial download was left"
+
+
+def test_an_image_in_use_cannot_be_removed(engine: Engine, machine: MachineRecord) -> None:
+    with pytest.raises(errors.ConflictError) as caught:
+        engine.remove_image("default")
+    assert machine.name in caught.value.details["machines"]
+    assert engine.images.get("default").rootfs.exists()
+    assert engine.exec(machine.id, "echo still-fine").stdout == "still-fine\n"
