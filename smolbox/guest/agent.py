@@ -20,7 +20,6 @@ socket and keeps identity changes (hostname, machine-id, clock) inside DIR.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import errno
@@ -381,6 +380,8 @@ def serve_socket(path: str, root: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # only for the command line: keeps it off the guest's boot path
+
     parser = argparse.ArgumentParser(prog="smolbox-agent", description=__doc__)
     parser.add_argument("--socket", help="serve this unix socket instead of the virtio port")
     parser.add_argument("--root", default=None,

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import shutil
 import stat as statmod
 import threading
 from collections.abc import Callable
@@ -42,7 +40,7 @@ class FileWriter(Handler):
         directory, name = os.path.split(self.path)
         if not name:
             raise OpError("path names a directory", err=errno.EISDIR, path=self.path)
-        self.tmp = os.path.join(directory, f".{name}.smolbox-{secrets.token_hex(4)}.tmp")
+        self.tmp = os.path.join(directory, f".{name}.smolbox-{os.urandom(4).hex()}.tmp")
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                               0o600)
@@ -199,6 +197,8 @@ def op_remove(req: dict[str, Any]) -> dict[str, Any]:
         st = os.lstat(path)
         if statmod.S_ISDIR(st.st_mode):
             if req.get("recursive"):
+                import shutil  # only here: every import costs guest boot time under TCG
+
                 shutil.rmtree(path)
             else:
                 os.rmdir(path)

@@ -221,16 +221,32 @@ class Supervisor:
 
 
 def main() -> None:
-    """Entry point of /sbin/smolbox-init."""
-    os.umask(0o022)
-    os.environ.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    os.environ.setdefault("HOME", "/root")
-    os.environ.setdefault("LANG", "C.UTF-8")
-    mount_all()
-    set_hostname()
-    loopback_up()
-    console = open_console()
-    Supervisor(console).run()
+    """Entry point of /sbin/smolbox-init.
+
+    PID 1 must never exit: the kernel would panic and, with the host's -no-reboot,
+    QEMU would end with nothing to show for it. A failure is written to the console
+    instead and init stays up, so the host's boot timeout reports the console tail
+    (and the traceback) to the user.
+    """
+    try:
+        os.umask(0o022)
+        os.environ.setdefault("PATH",
+                              "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        os.environ.setdefault("HOME", "/root")
+        os.environ.setdefault("LANG", "C.UTF-8")
+        mount_all()
+        set_hostname()
+        loopback_up()
+        console = open_console()
+        Supervisor(console).run()
+    except BaseException:
+        import traceback
+
+        _log("init failed:\n" + traceback.format_exc())
+        if os.getpid() != 1:
+            raise
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
