@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from smolbox.store import Store
+
 _RUN_ROOT = Path(tempfile.mkdtemp(prefix="sbx-"))
 
 
@@ -44,6 +46,16 @@ def smolbox_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         else:
             os.environ[key] = value
     assert not leaked, f"QEMU processes leaked by the test session: {leaked}"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A real SQLite store of its own (unit tests of the store and its users)."""
+    opened = Store.open(tmp_path / "state" / "smolbox.db")
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from smolbox.store import MachineRecord, Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "state" / "smolbox.db")
-    try:
-        yield opened
-    finally:
-        opened.close()
+from smolbox.store import MachineRecord
 
 
 def machine(vm_id: str, name: str | None = None, **kw: object) -> MachineRecord:

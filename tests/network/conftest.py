@@ -165,15 +165,6 @@ def testnet() -> Iterator[NetLab]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "state" / "smolbox.db")
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
 def paths(tmp_path: Path) -> Paths:
     return Paths(home=tmp_path, images=tmp_path / "images", cache=tmp_path / "cache",
                  run=tmp_path / "run")
