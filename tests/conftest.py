@@ -23,23 +23,21 @@ import pytest
 
 from smolbox.store import Store
 
-_RUN_ROOT = Path(tempfile.mkdtemp(prefix="sbx-"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def smolbox_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("smolbox-home")
+    run_root = Path(tempfile.mkdtemp(prefix="sbx-"))  # short: unix socket paths
     saved = {k: os.environ.get(k) for k in ("SMOLBOX_HOME", "SMOLBOX_RUN", "SMOLBOX_IMAGES")}
     os.environ["SMOLBOX_HOME"] = str(home)
-    os.environ["SMOLBOX_RUN"] = str(_RUN_ROOT)
+    os.environ["SMOLBOX_RUN"] = str(run_root)
     os.environ["SMOLBOX_IMAGES"] = str(home / "images")
     yield home
     from smolbox.engine.reconcile import qemu_processes_under
 
-    leaked = qemu_processes_under(_RUN_ROOT)
+    leaked = qemu_processes_under(run_root)
     for pid in leaked:
         os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(_RUN_ROOT, ignore_errors=True)
+    shutil.rmtree(run_root, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
