@@ -23,6 +23,7 @@ import pytest
 
 from smolbox.store import Store
 
+
 @pytest.fixture(scope="session", autouse=True)
 def smolbox_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("smolbox-home")
