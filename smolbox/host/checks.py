@@ -198,4 +198,4 @@ def check_default_image(paths: Paths) -> Check:
     if image.exists():
         return Check("default image", "ok", str(image))
     return Check("default image", "warn", f"{image} does not exist yet",
-                 "Build it with `smolbox image build` (the first create also builds it).")
+                 "Build it with `smolbox image build` (create needs an installed image).")
