@@ -40,6 +40,7 @@ from smolbox.engine.layout import MachineLayout
 from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
 from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshots import SnapshotFiles, copy_file, file_entries, verify
+from smolbox.engine.states import ACTIVE_STATES as LIVE_STATES
 from smolbox.engine.states import MachineState, require_state
 from smolbox.engine.transfer import (
     MIN_FAST_BYTES,
@@ -61,7 +62,6 @@ from smolbox.vmm.spec import RamBacking, VMSpec, has_power_button
 
 log = logging.getLogger("smolbox.engine")
 
-LIVE_STATES = {MachineState.CREATING, MachineState.RUNNING, MachineState.PAUSED}
 # Guest kernel arguments the engine relies on: reboot/panic end QEMU (-no-reboot),
 # trust_cpu avoids a 1 s getrandom() stall, quiet keeps the console ring for the user.
 ENGINE_CMDLINE = "quiet panic=-1 reboot=t random.trust_cpu=on"
@@ -177,7 +177,7 @@ class Engine:
         ))
         try:
             layout.create()
-            if start and self._uses_template(config):
+            if start and self.uses_template(config):
                 template = self.template_for(image, config)
                 self.store.update_machine(vm_id, source_snapshot=template.name)
                 self._boot_from_snapshot(vm_id, config, template, layout)
@@ -262,7 +262,7 @@ class Engine:
         record = self.get(vm)
         layout = self.layout(record.id)
         if record.state in LIVE_STATES:
-            console.drain(layout.run_dir / "qmp.sock", layout.console_log)
+            console.drain(layout.qmp_socket, layout.console_log)
         try:
             existing = layout.console_log.read_text("utf-8", "replace")
         except OSError:
@@ -273,7 +273,7 @@ class Engine:
             current = self.get(record.id)
             if current.state not in LIVE_STATES:
                 return
-            fresh = console.drain(layout.run_dir / "qmp.sock", layout.console_log)
+            fresh = console.drain(layout.qmp_socket, layout.console_log)
             if fresh:
                 yield fresh
             else:
@@ -323,7 +323,7 @@ class Engine:
         """Freeze the guest's vCPUs (QMP ``stop``); memory and processes stay."""
         record = self.get(vm)
         require_state(record.id, record.state, {MachineState.RUNNING}, "pause")
-        with QMPSession(self.layout(record.id).run_dir / "qmp.sock") as qmp:
+        with QMPSession(self.layout(record.id).qmp_socket) as qmp:
             qmp.command("stop")
         return self.store.transition(record.id, MachineState.PAUSED,
                                      expect={MachineState.RUNNING})
@@ -332,7 +332,7 @@ class Engine:
         """Continue a paused guest and set its clock from the host (it lost the pause)."""
         record = self.get(vm)
         require_state(record.id, record.state, {MachineState.PAUSED}, "resume")
-        with QMPSession(self.layout(record.id).run_dir / "qmp.sock") as qmp:
+        with QMPSession(self.layout(record.id).qmp_socket) as qmp:
             qmp.command("cont")
         record = self.store.transition(record.id, MachineState.RUNNING,
                                        expect={MachineState.PAUSED})
@@ -403,7 +403,7 @@ class Engine:
             files.root.mkdir(mode=0o700, parents=True)
             layout = self.layout(record.id)
             was_running = record.state == MachineState.RUNNING
-            with QMPSession(layout.run_dir / "qmp.sock", timeout=60.0) as qmp:
+            with QMPSession(layout.qmp_socket, timeout=60.0) as qmp:
                 if was_running:
                     qmp.command("stop")
                 try:
@@ -563,8 +563,9 @@ class Engine:
             )
         return self.images.remove(ref)
 
-    def _uses_template(self, config: MachineConfig) -> bool:
-        # Machines with a NIC or mounts have devices the template does not have.
+    def uses_template(self, config: MachineConfig) -> bool:
+        """Whether ``config`` can start from a template (and so from the warm pool):
+        machines with a NIC or mounts have devices the template does not have."""
         return config.from_template and config.network.mode == "none" and not config.mounts
 
     def _clone_or_error(self, snap: SnapshotRecord,
@@ -847,7 +848,7 @@ class Engine:
         identity = self._identity(record)
         step = "already-stopped"
         if identity is not None and identity.is_alive():
-            qmp_socket = layout.run_dir / "qmp.sock"
+            qmp_socket = layout.qmp_socket
             console.drain(qmp_socket, layout.console_log)
 
             def agent_shutdown() -> None:
@@ -881,7 +882,7 @@ class Engine:
         if record is not None:
             identity = self._identity(record)
             if identity is not None and identity.is_alive():
-                stop_process(identity, layout.run_dir / "qmp.sock", vm_id=vm_id,
+                stop_process(identity, layout.qmp_socket, vm_id=vm_id,
                              graceful=False)
         self.network.detach(vm_id)
         layout.remove()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolbox.paths import Paths
+from smolbox.vmm.spec import QMP_SOCKET
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class MachineLayout:
     @property
     def disk(self) -> Path:
         return self.machine_dir / "disk.qcow2"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / QMP_SOCKET
 
     @property
     def xfer_disk(self) -> Path:

@@ -69,8 +69,8 @@ class WarmPool:
         self._thread.start()
 
     def matches(self, config: MachineConfig) -> bool:
-        return (config.from_template and config.network.mode == "none" and not config.mounts
-                and not config.ports and shape(config) == shape(self.config))
+        return (self.engine.uses_template(config) and not config.ports
+                and shape(config) == shape(self.config))
 
     def take(self) -> MachineRecord | None:
         """A ready machine, or None when the pool is empty right now (never waits)."""

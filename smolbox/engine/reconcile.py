@@ -25,6 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.engine.states import ACTIVE_STATES as LIVE_STATES
 from smolbox.engine.states import MachineState
 from smolbox.host.procs import ProcessIdentity
 from smolbox.paths import Paths
@@ -32,7 +33,6 @@ from smolbox.store import MachineRecord, Store
 
 log = logging.getLogger("smolbox.engine")
 
-LIVE_STATES = {MachineState.CREATING, MachineState.RUNNING, MachineState.PAUSED}
 STALE_CREATE_SECONDS = 600.0
 
 

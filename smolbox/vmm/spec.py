@@ -18,6 +18,7 @@ AGENT_PORTS = 4
 CONSOLE_CHARDEV = "console"
 CONSOLE_RING_BYTES = 1 << 20  # the console is a bounded ring: a chatty guest cannot fill the disk
 ROOT_DRIVE_ID = "root"
+QMP_SOCKET = "qmp.sock"  # in the run dir
 XFER_DRIVE_ID = "xfer"
 XFER_SERIAL = "smolbox-xfer"  # the guest finds the transfer disk by this serial
 
@@ -59,7 +60,7 @@ class VMSpec:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
+        return self.run_dir / QMP_SOCKET
 
     @property
     def agent_socket(self) -> Path:

@@ -65,11 +65,9 @@ def test_a_taken_name_is_refused_and_the_pool_machine_is_not_leaked(
         pooled_engine.delete(holder.id, force=True)
 
 
-def test_pool_only_serves_its_own_shape() -> None:
-    class NoEngine:  # WarmPool's thread needs an engine; this one never gets to run it
-        pass
-
-    pool = WarmPool.__new__(WarmPool)
+def test_pool_only_serves_its_own_shape(engine: Engine) -> None:
+    pool = WarmPool.__new__(WarmPool)  # no refill thread: only the matching rule is tested
+    pool.engine = engine
     pool.config = MachineConfig(labels={POOL_LABEL: "1-1"})
     assert pool.matches(MachineConfig(name="x", env={"A": "b"}))
     assert not pool.matches(MachineConfig(memory_mib=512))
