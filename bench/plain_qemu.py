@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.engine.boot import guest_cmdline
 from smolbox.engine.disks import create_overlay
-from smolbox.engine.engine import guest_cmdline
 from smolbox.host.accel import choose_accelerator
 from smolbox.images import InstalledImage
 from smolbox.vmm.process import qemu_binary

@@ -166,6 +166,14 @@ class MachineConfig(StrictModel):
     labels: dict[str, str] = Field(default_factory=dict)
     from_template: bool = True
 
+    @property
+    def uses_template(self) -> bool:
+        """Whether this machine can start as a template clone (and so from the warm
+        pool): machines with a NIC, forwarded ports or mounts have devices the
+        template does not have, and ``from_template=False`` asks for a cold boot."""
+        return (self.from_template and self.network.mode == "none" and not self.mounts
+                and not self.ports)
+
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:

@@ -16,10 +16,8 @@ import base64
 import contextlib
 import errno
 import io
-import os
 import re
 import signal as signals
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from smolbox import hostfiles
 from smolbox.channel.connection import Connection, HandshakeRetry, Msg, Stream, StreamKind
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
 from smolbox.errors import (
@@ -561,36 +560,13 @@ class AgentClient:
     def upload(self, host_path: str | Path, guest_path: str, *, mode: int | None = None) -> None:
         """Copy a host file into the guest, streamed; the mode defaults to the host file's."""
         check_guest_path(guest_path)
-        try:
-            fh = open(host_path, "rb")  # noqa: SIM115 - closed below, after the transfer
-        except OSError as exc:
-            raise ValidationError(f"Cannot read host file {host_path}: {exc.strerror}",
-                                  field="host_path", value=str(host_path)) from None
-        with fh:
-            if mode is None:
-                mode = os.fstat(fh.fileno()).st_mode & 0o7777
-            self.write_file(guest_path, fh, mode=mode)
+        with hostfiles.open_source(host_path, mode) as (handle, chosen):
+            self.write_file(guest_path, handle, mode=chosen)
 
     def download(self, guest_path: str, host_path: str | Path) -> None:
         """Copy a guest file to the host, streamed; the host file appears atomically."""
         check_guest_path(guest_path)
-        target = Path(host_path)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-        except OSError as exc:
-            raise ValidationError(f"Cannot write into {target.parent}: {exc.strerror}",
-                                  field="host_path", value=str(host_path)) from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self.read_file_stream(guest_path):
-                    out.write(chunk)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise ValidationError(f"Cannot write host file {target}: {exc.strerror}",
-                                  field="host_path", value=str(host_path)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        hostfiles.write_atomically(self.read_file_stream(guest_path), host_path)
 
     def mkdir(self, path: str, parents: bool = True, mode: int = 0o755) -> None:
         self._simple({"op": "mkdir", "path": check_guest_path(path), "parents": parents,

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from smolbox.cli import render
-from smolbox.cli.main import OPTIONS, app
+from smolbox.cli.app import OPTIONS, app
 from smolbox.host.doctor import DoctorReport, run_doctor
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}

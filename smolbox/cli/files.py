@@ -15,8 +15,8 @@ import typer
 
 from smolbox import errors
 from smolbox.cli import render
+from smolbox.cli.app import OPTIONS, app
 from smolbox.cli.client import sdk_backend
-from smolbox.cli.main import OPTIONS, app
 from smolbox.sdk.files import Files
 
 _GUEST = re.compile(r"^(?P<vm>[a-z0-9][a-z0-9-]{0,62}):(?P<path>/.*)$")

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from smolbox.cli import render
-from smolbox.cli.main import OPTIONS, app
+from smolbox.cli.app import OPTIONS, app
 from smolbox.images import ImageCatalog, ImageManifest, InstalledImage
 from smolbox.images.progress import NullProgress
 from smolbox.images.progress import Progress as ProgressSink
@@ -106,16 +106,18 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Build (or reuse) an image from Debian packages; heavy steps are cached per machine."""
+    from smolbox.images.builder import build_image
+
     catalog = _catalog()
     shown = _with_progress(quiet)
     sink: ProgressSink = shown or NullProgress()
     if shown is not None:
         with shown:
-            image = catalog.build(name=name, kernel=kernel, packages=tuple(package),
-                                  progress=sink, rebuild=rebuild)
+            image = build_image(catalog, name=name, kernel=kernel,  # type: ignore[arg-type]
+                                packages=tuple(package), progress=sink, rebuild=rebuild)
     else:
-        image = catalog.build(name=name, kernel=kernel, packages=tuple(package),
-                              progress=sink, rebuild=rebuild)
+        image = build_image(catalog, name=name, kernel=kernel,  # type: ignore[arg-type]
+                            packages=tuple(package), progress=sink, rebuild=rebuild)
     _show_installed(image, "ready:")
 
 
@@ -155,7 +157,7 @@ def remove(ref: str = typer.Argument(..., help="NAME (all versions) or NAME:VERS
     """Remove an image version, or every version of a name (refused while in use)."""
     from smolbox.engine.engine import Engine
 
-    with Engine() as engine:
+    with Engine.open() as engine:
         removed = engine.remove_image(ref)
     if OPTIONS.json:
         render.print_json({"removed": removed})
@@ -173,13 +175,15 @@ def import_image(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Import an image after checking its SHA-256."""
+    from smolbox.images.transfer import import_image
+
     catalog = _catalog()
     shown = _with_progress(quiet)
     if shown is not None:
         with shown:
-            image = catalog.import_(source, sha256, name=name, progress=shown)
+            image = import_image(catalog, source, sha256, name=name, progress=shown)
     else:
-        image = catalog.import_(source, sha256, name=name)
+        image = import_image(catalog, source, sha256, name=name)
     _show_installed(image, "imported:")
 
 
@@ -189,7 +193,9 @@ def export(
     dest: Path = typer.Argument(..., help="Destination tar file."),
 ) -> None:
     """Write an image to a (sparse) tar file; prints the SHA-256 to import it with."""
-    digest = _catalog().export(ref, dest)
+    from smolbox.images.transfer import export_image
+
+    digest = export_image(_catalog(), ref, dest)
     if OPTIONS.json:
         render.print_json({"ref": ref, "path": str(dest), "sha256": digest})
     else:

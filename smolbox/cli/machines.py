@@ -17,8 +17,8 @@ from typing import Any
 import typer
 
 from smolbox.cli import render
+from smolbox.cli.app import OPTIONS, app
 from smolbox.cli.client import sdk_backend
-from smolbox.cli.main import OPTIONS, app
 from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
 from smolbox.sdk.backend import Backend
@@ -26,8 +26,8 @@ from smolbox.sdk.models import MachineInfo
 
 
 @contextmanager
-def engine() -> Iterator[Engine]:
-    with Engine() as eng:
+def engine(*, reconcile: bool = True) -> Iterator[Engine]:
+    with Engine.open(reconcile=reconcile) as eng:
         yield eng
 
 
@@ -206,8 +206,11 @@ def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f")) -> Non
 
 @app.command()
 def reconcile() -> None:
-    """Repair drift after crashes: dead machines -> error, orphans removed."""
-    with engine() as eng:
+    """Repair drift after crashes: dead machines -> error, orphans removed.
+
+    Prints the report of this one pass (the engine is opened without its own
+    start-up reconcile, so the pass that does the work is the one shown)."""
+    with engine(reconcile=False) as eng:
         report = eng.reconcile()
     data = {"marked_error": report.marked_error, "killed_pids": report.killed_pids,
             "removed_dirs": report.removed_dirs, "network_removed": report.network_removed,

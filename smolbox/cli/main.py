@@ -8,7 +8,6 @@ exit codes (see ``render.exit_code_for``).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import click
 import typer
@@ -16,31 +15,7 @@ from typer.exceptions import TyperException
 
 from smolbox import errors
 from smolbox.cli import render
-
-app = typer.Typer(
-    name="smolbox",
-    help="Disposable microVM sandboxes: create, exec, snapshot, fork.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-)
-
-
-@dataclass
-class Options:
-    """Global options shared by every command (set by the root callback)."""
-
-    json: bool = False
-
-
-OPTIONS = Options()
-
-
-@app.callback()
-def _root(
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON output."),
-) -> None:
-    OPTIONS.json = json_output
+from smolbox.cli.app import OPTIONS, app
 
 
 def _register_commands() -> None:

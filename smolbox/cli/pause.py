@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from smolbox.cli import render
+from smolbox.cli.app import OPTIONS, app
 from smolbox.cli.client import sdk_backend
-from smolbox.cli.main import OPTIONS, app
 
 
 def _done(name: str, state: str) -> None:

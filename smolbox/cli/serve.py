@@ -14,7 +14,7 @@ import typer
 
 from smolbox import errors
 from smolbox.cli import render
-from smolbox.cli.main import OPTIONS, app
+from smolbox.cli.app import OPTIONS, app
 from smolbox.server.settings import MiB
 
 

@@ -17,8 +17,8 @@ import tty
 
 import typer
 
+from smolbox.cli.app import app
 from smolbox.cli.client import sdk_backend
-from smolbox.cli.main import app
 from smolbox.sdk.backend import ShellSession
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import typer
 
 from smolbox.cli import render
+from smolbox.cli.app import OPTIONS, app
 from smolbox.cli.client import sdk_backend
-from smolbox.cli.main import OPTIONS, app
 from smolbox.sdk.models import MachineInfo, SnapshotInfo
 
 snapshot_app = typer.Typer(help="Snapshots: RAM + devices + disk, forkable into new machines.",

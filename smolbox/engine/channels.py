@@ -12,7 +12,9 @@ the lock if the process dies.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,57 @@ def claim_agent(run_dir: Path, *, vm_id: str, timeout: float) -> AgentLease:
                             "or retry shortly (the error is retryable).",
             )
         time.sleep(BUSY_POLL_SECONDS)
+
+
+class AgentCache:
+    """This process's agent connections, one claimed port per machine, reused.
+
+    Why a cache: a handshake costs a round trip and a port claim, and the REST server
+    or an SDK script runs many calls against the same machine. A connection that has
+    dropped is replaced on the next ``get``; ``forget`` closes one after a crash or
+    stop so the port is free for other processes.
+    """
+
+    def __init__(self, claim: Callable[..., AgentLease]) -> None:
+        self._claim = claim
+        self._leases: dict[str, AgentLease] = {}
+        self._lock = threading.Lock()
+
+    def get(self, vm_id: str, run_dir: Path, *, timeout: float = 10.0) -> AgentClient:
+        """A connected client for ``vm_id`` (claiming a port when there is none)."""
+        with self._lock:
+            lease = self._leases.get(vm_id)
+            if lease is not None and lease.client.connected:
+                return lease.client
+            self._leases.pop(vm_id, None)
+        if lease is not None:
+            lease.close()
+        lease = self._claim(run_dir, vm_id=vm_id, timeout=timeout)
+        with self._lock:
+            raced = self._leases.get(vm_id)
+            if raced is None:
+                self._leases[vm_id] = lease
+        if raced is not None:  # another thread connected meanwhile: use theirs
+            lease.close()
+            return raced.client
+        return lease.client
+
+    def put(self, vm_id: str, lease: AgentLease) -> None:
+        """Keep the connection a boot opened (closing any older one)."""
+        with self._lock:
+            old = self._leases.pop(vm_id, None)
+            self._leases[vm_id] = lease
+        if old is not None:
+            old.close()
+
+    def forget(self, vm_id: str) -> None:
+        with self._lock:
+            lease = self._leases.pop(vm_id, None)
+        if lease is not None:
+            lease.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            leases, self._leases = list(self._leases.values()), {}
+        for lease in leases:
+            lease.close()

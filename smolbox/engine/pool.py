@@ -15,15 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
 
 from smolbox import errors
 from smolbox.config import MachineConfig
+from smolbox.engine.ops import MachineOps
 from smolbox.host.procs import ProcessIdentity
 from smolbox.store import MachineRecord
-
-if TYPE_CHECKING:
-    from smolbox.engine.engine import Engine
 
 log = logging.getLogger("smolbox.engine")
 
@@ -50,7 +47,7 @@ def shape(config: MachineConfig) -> tuple[str, int, int]:
 class WarmPool:
     """Keeps ``size`` machines of one shape running; a background thread refills it."""
 
-    def __init__(self, engine: Engine, size: int, config: MachineConfig | None = None) -> None:
+    def __init__(self, engine: MachineOps, size: int, config: MachineConfig | None = None) -> None:
         if not 1 <= size <= 32:
             raise errors.ValidationError("warm pool size must be between 1 and 32",
                                          field="warm_pool", value=size)
@@ -69,8 +66,7 @@ class WarmPool:
         self._thread.start()
 
     def matches(self, config: MachineConfig) -> bool:
-        return (self.engine.uses_template(config) and not config.ports
-                and shape(config) == shape(self.config))
+        return config.uses_template and shape(config) == shape(self.config)
 
     def take(self) -> MachineRecord | None:
         """A ready machine, or None when the pool is empty right now (never waits)."""

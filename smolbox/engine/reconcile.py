@@ -25,11 +25,11 @@ from itertools import pairwise
 from pathlib import Path
 
 from smolbox import errors
-from smolbox.engine.states import ACTIVE_STATES as LIVE_STATES
-from smolbox.engine.states import MachineState
 from smolbox.host.procs import ProcessIdentity
 from smolbox.paths import Paths
 from smolbox.store import MachineRecord, Store
+from smolbox.store.states import ACTIVE_STATES as LIVE_STATES
+from smolbox.store.states import MachineState
 
 log = logging.getLogger("smolbox.engine")
 

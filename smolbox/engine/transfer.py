@@ -10,6 +10,7 @@ falls back to the virtio-serial stream, which is slower but always there.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import suppress
@@ -100,3 +101,38 @@ def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
         return True
     finally:
         os.close(lock_fd)  # releases the flock
+
+
+def _remaining(source: BinaryIO) -> int | None:
+    """Bytes left in a seekable source (None when it cannot tell, e.g. a pipe)."""
+    try:
+        if not source.seekable():
+            return None
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(here)
+        return end - here
+    except (OSError, ValueError):
+        return None
+
+
+def write_guest_file(client: AgentClient, xfer_path: Path, path: str,
+                     data: bytes | BinaryIO, *, mode: int) -> str:
+    """Write a guest file atomically; returns the path taken: ``"transfer-disk"`` for
+    large files when the disk is free, else ``"stream"`` (virtio-serial)."""
+    source: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    size = len(data) if isinstance(data, bytes | bytearray) else _remaining(source)
+    if size is None or size >= MIN_FAST_BYTES:
+        start = source.tell() if source.seekable() else None
+        if upload_via_disk(client, xfer_path, source, path, mode=mode):
+            return "transfer-disk"
+        if start is not None:
+            source.seek(start)
+    client.write_file(path, source, mode=mode)
+    return "stream"
+
+
+def read_guest_file(client: AgentClient, xfer_path: Path, path: str) -> Iterator[bytes]:
+    """A guest file in chunks, through the transfer disk when it is free."""
+    chunks = download_chunks(client, xfer_path, path)
+    yield from (chunks if chunks is not None else client.read_file_stream(path))

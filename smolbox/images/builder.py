@@ -12,39 +12,24 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from smolbox.errors import ImageAlreadyExistsError, ImageError
+from smolbox.errors import ImageAlreadyExistsError, ImageBuildError, ImageError
 from smolbox.images import assemble
 from smolbox.images.buildcache import cache_entry, ensure_built, log_path, prune
 from smolbox.images.catalog import DEFAULT_NAME, VERIFIED, ImageCatalog, InstalledImage
 from smolbox.images.hashing import sha256_file, sha256_inputs
-from smolbox.images.kernel import BuiltKernel, build_minimal_kernel
-from smolbox.images.manifest import BASE_CMDLINE, MINIMAL_MACHINE, ImageFile, ImageManifest
+from smolbox.images.kernel import BuiltKernel, KernelArtifacts, KernelKind, build_minimal_kernel
+from smolbox.images.manifest import BASE_CMDLINE, ImageFile, ImageManifest
 from smolbox.images.progress import NullProgress, Progress
 from smolbox.images.rootfs import build_base_rootfs
 from smolbox.images.runner import run_step
 
-KernelKind = Literal["minimal", "debian"]
 KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initrd.img"
 ROOTFS_FILE = "rootfs.ext4"
 ASSEMBLE_STEP = "assemble rootfs"
 CACHED_IMAGES = 4  # assembled images kept in the build cache (one per guest-agent change)
-
-
-@dataclass(frozen=True)
-class KernelArtifacts:
-    """What a kernel provider hands to the image: files plus cmdline additions."""
-
-    vmlinux: Path
-    kind: KernelKind
-    inputs: dict[str, object]
-    initrd: Path | None = None
-    cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
-    machine: str = MINIMAL_MACHINE
 
 
 def kernel_artifacts(kind: KernelKind, build_root: Path, progress: Progress) -> KernelArtifacts:
@@ -154,6 +139,9 @@ def build_image(
     guest_dir: Path = assemble.GUEST_DIR, rebuild: bool = False,
 ) -> InstalledImage:
     """Build (or find already built) the image ``name`` from Debian + the guest files."""
+    if kernel not in ("minimal", "debian"):
+        raise ImageBuildError(f"Unknown kernel kind {kernel!r} (minimal or debian)",
+                              details={"kernel": kernel})
     progress = progress or NullProgress()
     build_root = catalog.paths.cache / "build"
     kern = kernel_artifacts(kernel, build_root, progress)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from smolbox.errors import (
     ImageAlreadyExistsError,
-    ImageBuildError,
     ImageCacheUnreadableError,
     ImageChecksumMismatchError,
     ImageCorruptError,
@@ -34,7 +33,6 @@ from smolbox.errors import (
 )
 from smolbox.images.hashing import sha256_file
 from smolbox.images.manifest import MANIFEST, NAME_PATTERN, VERSION_PATTERN, ImageManifest
-from smolbox.images.progress import Progress
 from smolbox.paths import Paths
 
 VERIFIED = ".verified.json"
@@ -192,32 +190,6 @@ class ImageCatalog:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(record))
             os.replace(tmp, path)
-
-    # ------------------------------------------------------- build, import, export
-    def build(self, *, name: str = DEFAULT_NAME, kernel: str = "minimal",
-              packages: tuple[str, ...] = (), progress: Progress | None = None,
-              rebuild: bool = False) -> InstalledImage:
-        """Build (or reuse) image ``name``; see :func:`smolbox.images.builder.build_image`."""
-        from smolbox.images.builder import build_image
-
-        if kernel not in ("minimal", "debian"):
-            raise ImageBuildError(f"Unknown kernel kind {kernel!r} (minimal or debian)",
-                                  details={"kernel": kernel})
-        return build_image(self, name=name, kernel=kernel,  # type: ignore[arg-type]
-                           packages=packages, progress=progress, rebuild=rebuild)
-
-    def import_(self, path_or_url: str | Path, sha256: str, *, name: str | None = None,
-                progress: Progress | None = None) -> InstalledImage:
-        """Import an exported image or a container image after checking its SHA-256."""
-        from smolbox.images.transfer import import_image
-
-        return import_image(self, path_or_url, sha256, name=name, progress=progress)
-
-    def export(self, ref: str, dest: Path) -> str:
-        """Export ``ref`` to the tar ``dest``; returns the SHA-256 to import it with."""
-        from smolbox.images.transfer import export_image
-
-        return export_image(self, ref, dest)
 
     # ------------------------------------------------------------------ writing
     def staging_dir(self) -> Path:

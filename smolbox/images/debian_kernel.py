@@ -20,8 +20,8 @@ from pathlib import Path
 
 from smolbox.errors import ImageBuildError
 from smolbox.images.buildcache import ensure_built, log_path
-from smolbox.images.builder import KernelArtifacts
 from smolbox.images.hashing import sha256_inputs
+from smolbox.images.kernel import KernelArtifacts
 from smolbox.images.progress import NullProgress, Progress
 from smolbox.images.runner import run_step
 

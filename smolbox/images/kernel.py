@@ -16,14 +16,32 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from smolbox.errors import HostToolMissingError, ImageBuildError
 from smolbox.images.buildcache import ensure_built, log_path
 from smolbox.images.hashing import sha256_inputs
+from smolbox.images.manifest import MINIMAL_MACHINE
 from smolbox.images.progress import NullProgress, Progress
 from smolbox.images.runner import run_step
+
+KernelKind = Literal["minimal", "debian"]
+
+
+@dataclass(frozen=True)
+class KernelArtifacts:
+    """What a kernel provider hands to the image: files plus cmdline additions."""
+
+    vmlinux: Path
+    kind: KernelKind
+    inputs: dict[str, object]
+    initrd: Path | None = None
+    cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+    machine: str = MINIMAL_MACHINE
+
+
 
 FRAGMENT = Path(__file__).parent / "kernel" / "smolbox.config"
 SOURCE_PACKAGE = "linux-source-6.1"

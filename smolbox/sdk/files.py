@@ -8,14 +8,12 @@ itself keeps both small. Transfers stream in chunks on both backends.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from smolbox import errors
+from smolbox import errors, hostfiles
 from smolbox.channel.types import FileStat
 
 if TYPE_CHECKING:
@@ -47,38 +45,13 @@ class Files:
     def upload(self, local_path: str | os.PathLike[str], path: str, *,
                mode: int | None = None) -> None:
         """Copy a host file into the guest; the mode defaults to the host file's."""
-        try:
-            fh = open(local_path, "rb")  # noqa: SIM115 - closed after the transfer
-        except OSError as exc:
-            raise errors.ValidationError(f"Cannot read host file {local_path}: {exc.strerror}",
-                                         field="local_path", value=str(local_path)) from None
-        with fh:
-            if mode is None:
-                mode = os.fstat(fh.fileno()).st_mode & 0o7777
-            self._backend.write_file(self._vm, path, fh, mode=mode)
+        with hostfiles.open_source(local_path, mode, field="local_path") as (handle, chosen):
+            self._backend.write_file(self._vm, path, handle, mode=chosen)
 
     def download(self, path: str, local_path: str | os.PathLike[str]) -> Path:
         """Copy a guest file to the host; the host file appears atomically (or not at all)."""
-        target = Path(local_path)
-        if target.is_dir():
-            target = target / Path(path).name
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        except OSError as exc:
-            raise errors.ValidationError(f"Cannot write into {target.parent}: {exc.strerror}",
-                                         field="local_path", value=str(local_path)) from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._backend.read_file(self._vm, path):
-                    out.write(chunk)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise errors.ValidationError(f"Cannot write host file {target}: {exc.strerror}",
-                                         field="local_path", value=str(local_path)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return target
+        return hostfiles.write_atomically(self._backend.read_file(self._vm, path), local_path,
+                                          path, field="local_path")
 
     def list(self, path: str) -> builtins.list[FileStat]:
         return self._backend.list_dir(self._vm, path)

@@ -12,12 +12,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
+from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
-from smolbox.engine.states import MachineState
 from smolbox.paths import Paths
 from smolbox.sdk.backend import Command, ShellSession
 from smolbox.sdk.models import MachineInfo, SnapshotInfo
 from smolbox.sdk.pty import AgentShell
+from smolbox.store.states import MachineState
 
 
 class LocalBackend:
@@ -31,11 +32,13 @@ class LocalBackend:
 
     def __init__(self, engine: Engine | None = None, *, paths: Paths | None = None) -> None:
         self._owned = engine is None
-        self.engine = engine if engine is not None else Engine(paths)
+        self.engine = engine if engine is not None else Engine.open(paths)
 
     # ---------------------------------------------------------------- machines
     def create(self, config: Mapping[str, Any], *, start: bool = True) -> MachineInfo:
-        return MachineInfo.from_record(self.engine.create(config, start=start))
+        validated = (config if isinstance(config, MachineConfig)
+                     else MachineConfig.model_validate(dict(config)))
+        return MachineInfo.from_record(self.engine.create(validated, start=start))
 
     def get(self, vm: str) -> MachineInfo:
         return MachineInfo.from_record(self.engine.get(vm))

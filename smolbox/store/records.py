@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from smolbox import errors
-from smolbox.engine.states import MachineState
+from smolbox.store.states import MachineState
 
 
 class SnapshotState(StrEnum):

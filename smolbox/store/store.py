@@ -2,7 +2,7 @@
 
 Why the state check lives here: the store is the source of truth shared by every
 smolbox process. :meth:`Store.transition` reads the row's *current* state inside
-a ``BEGIN IMMEDIATE`` transaction and consults :mod:`smolbox.engine.states`
+a ``BEGIN IMMEDIATE`` transaction and consults :mod:`smolbox.store.states`
 before writing, so a transition decided on a stale read in one process can never
 overwrite a newer state written by another. An invalid transition leaves the row
 untouched.
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from smolbox import errors
-from smolbox.engine.states import MachineState, check_transition, require_state
 from smolbox.store import leases as lease_pool
 from smolbox.store.db import DEFAULT_BUSY_TIMEOUT_S, Database
 from smolbox.store.records import (
@@ -35,6 +34,7 @@ from smolbox.store.records import (
     machine_from_row,
     snapshot_from_row,
 )
+from smolbox.store.states import MachineState, check_transition, require_state
 
 __all__ = ["Store"]
 
@@ -156,11 +156,13 @@ class Store:
             current = self.get_machine(vm_id)
             if expect is not None and current.state not in expect:
                 raise errors.InvalidTransitionError(
-                    current.id, current.state.value, MachineState(to_state).value,
-                    message=(f"Machine '{current.id}' is {current.state.value}, expected "
+                    current.name, current.state.value, MachineState(to_state).value,
+                    message=(f"Machine '{current.name}' is {current.state.value}, expected "
                              f"{' or '.join(sorted(s.value for s in expect)) or 'nothing'}"),
+                    details={"id": current.id},
                 )
-            target = check_transition(current.id, current.state, to_state)
+            target = check_transition(current.name, current.state, to_state,
+                                      machine_id=current.id)
             return self._update(current, {**updates, "state": target.value})
 
     def update_machine(self, vm_id: str, **fields: Any) -> MachineRecord:

@@ -18,7 +18,7 @@ def test_engine_starts_and_reconciles_inside_a_running_event_loop(
     included) must still work there."""
 
     async def start() -> None:
-        with Engine():
+        with Engine.open():
             pass
 
     with caplog.at_level(logging.WARNING, logger="smolbox.engine"):
@@ -32,7 +32,7 @@ def test_invalid_requests_fail_before_anything_is_created() -> None:
         with pytest.raises(errors.VMNotFoundError):
             engine.exec("no-such-machine", "true")
         with pytest.raises(errors.ValidationError):
-            engine.create({"memory_mib": 1})
+            engine.create(MachineConfig(memory_mib=1))
         with pytest.raises(errors.NotSupportedError):
             engine.create(MachineConfig(network={"mode": "user", "egress": "allow",
                                                  "allow": [{"cidr": "10.1.2.3/32"}]}))

@@ -24,9 +24,9 @@ from smolbox.config import MachineConfig
 from smolbox.engine.channels import claim_agent
 from smolbox.engine.engine import Engine
 from smolbox.engine.reconcile import qemu_processes_under
-from smolbox.engine.states import MachineState
 from smolbox.host.procs import ProcessIdentity
 from smolbox.store import MachineRecord
+from smolbox.store.states import MachineState
 from smolbox.vmm.spec import AGENT_PORTS
 
 pytestmark = pytest.mark.vm
@@ -189,7 +189,7 @@ def test_reconcile_marks_a_silently_dead_machine_error(engine: Engine) -> None:
     assert record.pid is not None and record.pid_start_time is not None
     os.kill(record.pid, signal.SIGKILL)
     wait_until_dead(ProcessIdentity(record.pid, record.pid_start_time))
-    with Engine() as other_process_view:  # an engine reconciles when it starts
+    with Engine.open() as other_process_view:  # an opened engine reconciles first
         report = other_process_view.startup_report
     assert record.id in report.marked_error
     stored = engine.get(record.id)

@@ -11,10 +11,11 @@ import pytest
 
 from smolbox import errors
 from smolbox.config import MachineConfig
-from smolbox.engine.engine import Engine, template_name
+from smolbox.engine.engine import Engine
 from smolbox.engine.snapshots import FILES, SnapshotFiles, sha256_of
-from smolbox.engine.states import MachineState
+from smolbox.engine.snapshotter import template_name
 from smolbox.store import MachineRecord, SnapshotRecord
+from smolbox.store.states import MachineState
 
 pytestmark = pytest.mark.vm
 
@@ -156,7 +157,7 @@ def test_failed_snapshot_leaves_nothing_listed(engine: Engine, source: MachineRe
     def failing_normalize(*args: object, **kwargs: object) -> None:  # failure injection
         raise errors.VMMError("injected failure while writing the snapshot")
 
-    monkeypatch.setattr(engine, "_normalize", failing_normalize)
+    monkeypatch.setattr(engine.snapshots, "_normalize", failing_normalize)
     with pytest.raises(errors.VMMError):
         engine.snapshot(source.id, "half-written")
     with pytest.raises(errors.SnapshotNotFoundError):
@@ -181,7 +182,7 @@ def test_corrupted_snapshot_is_refused(engine: Engine, source: MachineRecord) ->
 
 def test_snapshots_survive_an_engine_restart(engine: Engine,
                                              snapshot: SnapshotRecord) -> None:
-    with Engine() as fresh:
+    with Engine.open() as fresh:
         assert fresh.get_snapshot(snapshot.name).id == snapshot.id
         (clone,) = fresh.fork(snapshot.name)
         try:

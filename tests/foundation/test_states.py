@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from smolbox.engine.states import (
+from smolbox.errors import InvalidTransitionError
+from smolbox.store.states import (
     TRANSITIONS,
     MachineState,
     check_transition,
@@ -14,7 +15,6 @@ from smolbox.engine.states import (
     reachable_states,
     require_state,
 )
-from smolbox.errors import InvalidTransitionError
 
 S = MachineState
 EXPECTED = {

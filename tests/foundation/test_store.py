@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from smolbox import errors
-from smolbox.engine.states import MachineState as S
 from smolbox.store import ImageRecord, SnapshotRecord, SnapshotState, Store
 from smolbox.store.db import Database
+from smolbox.store.states import MachineState as S
 
 from .conftest import machine
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from smolbox import errors
-from smolbox.engine.states import TRANSITIONS, MachineState, reachable_states
 from smolbox.store import MachineRecord, SnapshotRecord, Store
+from smolbox.store.states import TRANSITIONS, MachineState, reachable_states
 
 NET = ipaddress.IPv4Network("10.9.0.0/29")  # 5 guest addresses: .2-.6
 IDS = st.sampled_from(["m1", "m2", "m3", "m4", "m5", "m6", "m7"])

@@ -14,8 +14,14 @@ from smolbox.images import ImageCatalog
 from smolbox.images.apt_sources import sources_for
 from smolbox.images.assemble import GUEST_DIR
 from smolbox.images.buildcache import ensure_built
-from smolbox.images.builder import KernelArtifacts, stage_image
-from smolbox.images.kernel import FRAGMENT, config_mismatches, verify_config, wanted_options
+from smolbox.images.builder import stage_image
+from smolbox.images.kernel import (
+    FRAGMENT,
+    KernelArtifacts,
+    config_mismatches,
+    verify_config,
+    wanted_options,
+)
 from smolbox.images.progress import NullProgress
 from smolbox.images.rootfs import validate_packages
 from smolbox.images.runner import run_step

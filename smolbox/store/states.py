@@ -66,6 +66,10 @@ def _coerce(vm_id: str, value: MachineState | str, to_state: str) -> MachineStat
         ) from None
 
 
+def _id_details(name: str, machine_id: str | None) -> dict[str, str]:
+    return {"id": machine_id} if machine_id is not None and machine_id != name else {}
+
+
 def is_allowed(from_state: MachineState | str, to_state: MachineState | str) -> bool:
     """True when the table has the edge ``from_state -> to_state``."""
     try:
@@ -75,21 +79,25 @@ def is_allowed(from_state: MachineState | str, to_state: MachineState | str) -> 
 
 
 def check_transition(vm_id: str, from_state: MachineState | str,
-                     to_state: MachineState | str) -> MachineState:
+                     to_state: MachineState | str, *, machine_id: str | None = None
+                     ) -> MachineState:
     """Return ``to_state`` as a :class:`MachineState` or raise InvalidTransitionError."""
     source = _coerce(vm_id, from_state, str(to_state))
     target = _coerce(vm_id, to_state, str(to_state))
     if target not in TRANSITIONS[source]:
-        raise InvalidTransitionError(vm_id, source.value, target.value)
+        raise InvalidTransitionError(vm_id, source.value, target.value,
+                                     details=_id_details(vm_id, machine_id))
     return target
 
 
 def require_state(vm_id: str, current: MachineState | str, allowed: Iterable[MachineState],
-                  operation: str) -> MachineState:
+                  operation: str, *, machine_id: str | None = None) -> MachineState:
     """Guard an operation that does not change state (e.g. exec needs ``running``).
 
     Raises InvalidTransitionError whose ``to_state`` names the operation, so the
     user sees "cannot go from paused to exec" plus help on how to get there.
+    ``vm_id`` is what the user calls the machine (its name); the internal id, when
+    it differs, goes into ``details["id"]``.
     """
     allowed_set = frozenset(allowed)
     state = _coerce(vm_id, current, operation)
@@ -98,6 +106,7 @@ def require_state(vm_id: str, current: MachineState | str, allowed: Iterable[Mac
         raise InvalidTransitionError(
             vm_id, state.value, operation,
             message=(f"Machine '{vm_id}' is {state.value}; {operation} needs it to be {wanted}"),
+            details=_id_details(vm_id, machine_id),
         )
     return state
 
