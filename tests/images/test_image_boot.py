@@ -10,6 +10,7 @@ import pytest
 from smolbox.errors import OperationTimeoutError
 from smolbox.images import ImageCatalog, InstalledImage
 from smolbox.images.bootcheck import boot_until_ready
+from smolbox.images.builder import build_image
 from smolbox.images.kernel import verify_config
 from smolbox.paths import Paths
 
@@ -62,7 +63,7 @@ def test_debian_kernel_image_boots(tmp_path: Path) -> None:
     paths = Paths(home=tmp_path, images=tmp_path / "images", cache=shared.cache,
                   run=tmp_path / "run")
     catalog = ImageCatalog(paths)
-    image = catalog.build(name="deb", kernel="debian")
+    image = build_image(catalog, name="deb", kernel="debian")
     assert image.initrd is not None and image.machine == "microvm,acpi=on,rtc=on"
     assert "tsc_early_khz=" in image.cmdline
     boot_until_ready(image, timeout=15.0)
