@@ -38,11 +38,12 @@ from smolbox.engine.channels import AgentCache
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.launcher import Launcher, QemuLauncher
 from smolbox.engine.layout import MachineLayout
-from smolbox.engine.pool import POOL_LABEL, WarmPool, owner_alive
+from smolbox.engine.pool import POOL_LABEL, WarmPool
 from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshotter import Snapshotter
 from smolbox.engine.transfer import read_guest_file, write_guest_file
 from smolbox.host.accel import choose_accelerator
+from smolbox.host.procs import owner_alive, owner_token
 from smolbox.images import ImageCatalog, InstalledImage
 from smolbox.network import NetworkManager
 from smolbox.paths import Paths
@@ -145,6 +146,7 @@ class Engine:
         self.store.insert_machine(MachineRecord(
             id=vm_id, name=config.name or vm_id, config=config.model_dump(mode="json"),
             image_ref=image.name, image_version=image.version, run_dir=str(layout.run_dir),
+            owner=owner_token(), operation="create",
         ))
         try:
             layout.create()
@@ -162,7 +164,7 @@ class Engine:
         except BaseException:
             self.booter.discard(vm_id)
             raise
-        return self.get(vm_id)
+        return self.store.update_machine(vm_id, owner=None, operation=None)
 
     def start(self, vm: str) -> MachineRecord:
         record = self.get(vm)
@@ -188,8 +190,12 @@ class Engine:
         return self.start(vm)
 
     def delete(self, vm: str, *, force: bool = False) -> None:
-        """Stop if needed, then remove every file, socket and row of the machine."""
-        record = self.get(vm)
+        """Stop if needed, then remove every file, socket and row of the machine.
+
+        The row records the delete first: if this process dies half-way, reconcile
+        finishes it."""
+        record = self.store.update_machine(self.get(vm).id, owner=owner_token(),
+                                           operation="delete")
         if record.state in LIVE_STATES or record.state == MachineState.ERROR:
             self.booter.halt(record, graceful=not force and record.state == MachineState.RUNNING)
             if record.state != MachineState.ERROR:

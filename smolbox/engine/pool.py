@@ -13,30 +13,17 @@ the owner dies, ``Engine.reconcile`` deletes them, so they never leak.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from smolbox import errors
 from smolbox.config import MachineConfig
 from smolbox.engine.ops import MachineOps
-from smolbox.host.procs import ProcessIdentity
+from smolbox.host.procs import owner_token
 from smolbox.store import MachineRecord
 
 log = logging.getLogger("smolbox.engine")
 
 POOL_LABEL = "smolbox/pool"
-
-
-def owner_token() -> str:
-    me = ProcessIdentity.of(os.getpid())
-    return f"{me.pid}-{me.start_time}"
-
-
-def owner_alive(token: str) -> bool:
-    pid, _, start = token.partition("-")
-    if not (pid.isdigit() and start.isdigit()):
-        return False
-    return ProcessIdentity(int(pid), int(start)).is_alive()
 
 
 def shape(config: MachineConfig) -> tuple[str, int, int]:

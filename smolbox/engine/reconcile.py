@@ -1,6 +1,24 @@
 """Bring the store and the host back in line after a crash of anything.
 
-Called at engine start-up by front ends (and by tests). Three kinds of drift:
+Called at engine start-up by front ends (and by tests). First, operations whose
+process died (kill -9 of a CLI, an SDK script, the server) are settled. Every
+multi-step operation records its intent in the row before it touches the host:
+``owner`` (pid + start time of the process doing it) and ``operation``. For a row
+whose owner is dead, the documented rule is:
+
+- ``create``: finished if the machine reached ``running``/``stopped`` with its
+  VMM alive (or none needed); otherwise undone (VMM killed, files, row removed).
+- ``fork:<id>``: all or nothing: every clone of that fork is removed.
+- ``template`` (a template builder): removed; so is any builder machine while no
+  process holds the template lock (a kill between its create and its marking).
+- ``restore``: the VMM is killed and the machine is ``error`` ("restore was
+  interrupted"): restore it again, or delete it.
+- ``delete``: finished.
+- a pending snapshot whose writer is dead: its helper QEMU is killed, its temp and
+  final directories and its row are removed (the name is free again), and a source
+  machine the save left paused is continued.
+
+Then three kinds of drift:
 
 1. Rows that say a machine runs while its QEMU is gone -> state ``error`` with the
    reason. Identity is pid + start time, so a reused pid never counts as alive.
@@ -15,21 +33,25 @@ else exists, so it is never mistaken for an orphan.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
 from smolbox import errors
-from smolbox.host.procs import ProcessIdentity
+from smolbox.engine.snapshotter import BUILDER_LABEL, TEMPLATE_LOCK
+from smolbox.host.procs import ProcessIdentity, owner_alive
 from smolbox.paths import Paths
 from smolbox.store import MachineRecord, Store
 from smolbox.store.states import ACTIVE_STATES as LIVE_STATES
 from smolbox.store.states import MachineState
+from smolbox.vmm.handle import QemuHandle
 
 log = logging.getLogger("smolbox.engine")
 
@@ -38,6 +60,10 @@ STALE_CREATE_SECONDS = 600.0
 
 @dataclass
 class ReconcileReport:
+    undone: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    snapshots_removed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
     marked_error: list[str] = field(default_factory=list)
     killed_pids: list[int] = field(default_factory=list)
     removed_dirs: list[str] = field(default_factory=list)
@@ -71,13 +97,148 @@ def _alive(record: MachineRecord) -> bool:
     return ProcessIdentity(record.pid, record.pid_start_time).is_alive()
 
 
+def _kill(pids: Iterable[int], report: ReconcileReport) -> None:
+    for pid in pids:
+        try:
+            ProcessIdentity.of(pid).signal(signal.SIGKILL)
+        except errors.SmolboxError:
+            continue
+        report.killed_pids.append(pid)
+
+
+def _kill_machine_vmm(record: MachineRecord, paths: Paths, report: ReconcileReport) -> None:
+    """The recorded VMM, and any QEMU whose pidfile is in the machine's run dir (one
+    spawned just before its pid was recorded)."""
+    pids = {pid for pid, vm_id in qemu_processes_under(paths.run).items()
+            if vm_id == record.id} if paths.run.exists() else set()
+    if _alive(record):
+        pids.add(record.pid)  # type: ignore[arg-type]
+    _kill(pids, report)
+
+
+def _remove_machine(store: Store, record: MachineRecord, paths: Paths) -> None:
+    shutil.rmtree(paths.run_dir(record.id), ignore_errors=True)
+    shutil.rmtree(paths.machine_dir(record.id), ignore_errors=True)
+    current = store.get_machine(record.id)
+    if current.state in (MachineState.RUNNING, MachineState.PAUSED):
+        store.transition(current.id, MachineState.STOPPED, pid=None, pid_start_time=None)
+    if current.state != MachineState.DELETED:
+        store.transition(current.id, MachineState.DELETED, pid=None, pid_start_time=None)
+    store.delete_machine(current.id)
+
+
+def _settle_machine(store: Store, paths: Paths, record: MachineRecord,
+                    report: ReconcileReport) -> None:
+    """One row whose owning operation died (see the rule in the module docstring)."""
+    operation = record.operation or ""
+    done = (record.state == MachineState.RUNNING and _alive(record)) or (
+        record.state == MachineState.STOPPED and record.pid is None)
+    if operation in ("create", "restore") and done:
+        store.update_machine(record.id, owner=None, operation=None)
+        report.finished.append(record.id)
+        return
+    _kill_machine_vmm(record, paths, report)
+    if operation == "restore":
+        shutil.rmtree(paths.run_dir(record.id), ignore_errors=True)
+        reason = "restore was interrupted: restore it again, or delete it"
+        if record.state == MachineState.ERROR:
+            store.update_machine(record.id, pid=None, pid_start_time=None, owner=None,
+                                 operation=None, error_reason=reason)
+        else:
+            store.transition(record.id, MachineState.ERROR, pid=None, pid_start_time=None,
+                             owner=None, operation=None, error_reason=reason)
+        report.marked_error.append(record.id)
+        return
+    _remove_machine(store, record, paths)
+    (report.finished if operation == "delete" else report.undone).append(record.id)
+
+
+def _template_build_running(paths: Paths) -> bool:
+    lock_path = paths.snapshots / TEMPLATE_LOCK
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def _settle_snapshots(store: Store, paths: Paths, report: ReconcileReport) -> None:
+    """Pending snapshots of dead writers, and snapshot directories no row accounts for."""
+    helpers = qemu_processes_under(paths.snapshots) if paths.snapshots.exists() else {}
+    for snap in store.list_pending_snapshots():
+        if snap.owner is not None and owner_alive(snap.owner):
+            continue
+        if snap.owner is None and time.time() - snap.created_at < STALE_CREATE_SECONDS:
+            continue  # a writer from before owners were recorded may still run
+        temp = paths.snapshots / f".tmp-{snap.id}"
+        _kill([pid for pid, directory in helpers.items() if directory == temp.name], report)
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(snap.path, ignore_errors=True)
+        store.delete_snapshot(snap.id)
+        report.snapshots_removed.append(snap.name)
+        source = store.find_machine(snap.vm_id) if snap.vm_id else None
+        if source is not None and source.state == MachineState.RUNNING and _alive(source):
+            _continue_if_paused(source, paths, report)
+    known = {Path(s.path).name for s in store.list_snapshots()}
+    known |= {f".tmp-{s.id}" for s in store.list_pending_snapshots()}
+    known |= {Path(s.path).name for s in store.list_pending_snapshots()}
+    if paths.snapshots.exists():
+        for directory in paths.snapshots.iterdir():
+            if directory.is_dir() and directory.name not in known:
+                _kill([p for p, d in helpers.items() if d == directory.name], report)
+                shutil.rmtree(directory, ignore_errors=True)
+                report.removed_dirs.append(str(directory))
+
+
+def _continue_if_paused(record: MachineRecord, paths: Paths, report: ReconcileReport) -> None:
+    """A save stops the VM and continues it after; a writer killed in between leaves it
+    paused while its row says running."""
+    vmm = QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),  # type: ignore[arg-type]
+                            paths.run_dir(record.id), paths.machine_dir(record.id) / "console.log",
+                            record.id)
+    try:
+        with vmm.qmp(timeout=5.0) as qmp:
+            if qmp.status() in ("paused", "postmigrate"):
+                qmp.command("cont")
+                report.resumed.append(record.id)
+    except errors.SmolboxError as err:
+        log.warning("could not check whether %s was left paused: %s", record.id, err)
+
+
+def settle_dead_operations(store: Store, paths: Paths, report: ReconcileReport) -> None:
+    """Finish or undo every operation whose owning process is gone."""
+    _settle_snapshots(store, paths, report)
+    building = _template_build_running(paths)
+    dead_forks: set[str] = set()
+    for record in store.list_machines():
+        owned_by_dead = record.owner is not None and not owner_alive(record.owner)
+        orphan_builder = (not building and record.owner is None
+                          and record.config.get("labels", {}).get(BUILDER_LABEL) == "true")
+        if owned_by_dead and (record.operation or "").startswith("fork:"):
+            dead_forks.add(str(record.operation))
+        elif owned_by_dead or orphan_builder:
+            _settle_machine(store, paths, record, report)
+    for record in store.list_machines():
+        if record.operation in dead_forks:  # all of them: even clones that finished
+            _kill_machine_vmm(record, paths, report)
+            _remove_machine(store, record, paths)
+            report.undone.append(record.id)
+
+
 def reconcile(store: Store, paths: Paths) -> ReconcileReport:
     report = ReconcileReport()
+    settle_dead_operations(store, paths, report)
     rows = {record.id: record for record in store.list_machines()}
 
     for record in rows.values():
         if record.state not in LIVE_STATES or _alive(record):
             continue
+        if record.owner is not None:
+            continue  # its operation is still running in a live process
         if record.state == MachineState.CREATING and record.pid is None:
             if time.time() - record.updated_at < STALE_CREATE_SECONDS:
                 continue  # probably being created right now by another process

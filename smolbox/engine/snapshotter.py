@@ -31,12 +31,15 @@ from smolbox.engine.ops import MachineOps
 from smolbox.engine.snapshots import SnapshotFiles, copy_file, file_entries
 from smolbox.engine.transfer import create_xfer_disk
 from smolbox.host.accel import choose_accelerator
+from smolbox.host.procs import owner_token
 from smolbox.images import InstalledImage
 from smolbox.store import MachineRecord, SnapshotRecord
 from smolbox.store.states import MachineState, require_state
 from smolbox.vmm.spec import RamBacking, VMSpec
 
 MAX_FORK = 64
+BUILDER_LABEL = "smolbox/template"
+TEMPLATE_LOCK = ".template.lock"  # in the snapshots dir
 FORK_WORKERS = 8
 
 
@@ -104,7 +107,8 @@ class Snapshotter:
         final = self.booter.paths.snapshots / snapshot_id
         files = SnapshotFiles(self.booter.paths.snapshots / f".tmp-{snapshot_id}")
         store.insert_snapshot(SnapshotRecord(
-            id=snapshot_id, name=name, path=str(final), created_at=0.0, vm_id=record.id))
+            id=snapshot_id, name=name, path=str(final), created_at=0.0, vm_id=record.id,
+            owner=owner_token()))
         try:
             files.root.mkdir(mode=0o700, parents=True)
             layout = self.booter.layout(record.id)
@@ -195,25 +199,32 @@ class Snapshotter:
             base["env"] = {**base.get("env", {}), **env}
         configs = [MachineConfig.model_validate({**base, "name": names[i] if names else None})
                    for i in range(count)]
+        # Every clone carries this operation until all are up, so a fork whose process
+        # dies half-way is undone as a whole by reconcile.
+        operation = f"fork:{secrets.token_hex(4)}"
         with ThreadPoolExecutor(max_workers=min(count, FORK_WORKERS)) as pool:
-            outcomes = list(pool.map(lambda c: self._clone_or_error(snap, c), configs))
+            outcomes = list(pool.map(lambda c: self._clone_or_error(snap, c, operation),
+                                     configs))
         made = [o for o in outcomes if isinstance(o, MachineRecord)]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             for record in made:
                 self.machines.delete(record.id, force=True)
             raise failures[0]
-        return made
+        store = self.booter.store
+        return [store.update_machine(r.id, owner=None, operation=None) for r in made]
 
-    def _clone_or_error(self, snap: SnapshotRecord,
-                        config: MachineConfig) -> MachineRecord | BaseException:
+    def _clone_or_error(self, snap: SnapshotRecord, config: MachineConfig,
+                        operation: str) -> MachineRecord | BaseException:
         try:
-            return self.clone(snap, config)
+            return self.clone(snap, config, operation)
         except BaseException as err:
             return err
 
-    def clone(self, snap: SnapshotRecord, config: MachineConfig) -> MachineRecord:
-        """One new machine restored from ``snap`` (row first, so a crash is visible)."""
+    def clone(self, snap: SnapshotRecord, config: MachineConfig,
+              operation: str) -> MachineRecord:
+        """One new machine restored from ``snap`` (row first, so a crash is visible);
+        it stays owned by ``operation`` until the caller clears it."""
         store = self.booter.store
         vm_id = new_machine_id()
         layout = self.booter.layout(vm_id)
@@ -221,6 +232,7 @@ class Snapshotter:
             id=vm_id, name=config.name or vm_id, config=config.model_dump(mode="json"),
             image_ref=snap.manifest["image"], image_version=snap.manifest["image_version"],
             run_dir=str(layout.run_dir), source_snapshot=snap.name,
+            owner=owner_token(), operation=operation,
         ))
         try:
             layout.create()
@@ -234,6 +246,7 @@ class Snapshotter:
         """Put an existing machine back to a snapshot's RAM, devices and disk."""
         store = self.booter.store
         snap = store.get_snapshot(snapshot)
+        record = store.update_machine(record.id, owner=owner_token(), operation="restore")
         if record.state in (MachineState.RUNNING, MachineState.PAUSED, MachineState.ERROR):
             self.booter.halt(record, graceful=False)
             store.transition(record.id, MachineState.STOPPED, pid=None, pid_start_time=None)
@@ -243,7 +256,7 @@ class Snapshotter:
         store.update_machine(record.id, config=config.model_dump(mode="json"),
                              source_snapshot=snap.name)
         self.booter.from_snapshot(record.id, config, snap, self.booter.layout(record.id))
-        return store.get_machine(record.id)
+        return store.update_machine(record.id, owner=None, operation=None)
 
     # -------------------------------------------------------------- templates
     def template_for(self, image: InstalledImage, config: MachineConfig) -> SnapshotRecord:
@@ -259,14 +272,18 @@ class Snapshotter:
             return store.get_snapshot(name)
         snapshots_dir = self.booter.paths.snapshots
         snapshots_dir.mkdir(parents=True, exist_ok=True)
-        with open(snapshots_dir / ".template.lock", "w") as lock:
+        with open(snapshots_dir / TEMPLATE_LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             with suppress(errors.SnapshotNotFoundError):
                 return store.get_snapshot(name)
             builder = self.machines.create(MachineConfig(
                 image=f"{image.name}:{image.version}", memory_mib=config.memory_mib,
                 vcpus=config.vcpus, from_template=False, timeouts=config.timeouts,
-                labels={"smolbox/template": "true"}))
+                labels={BUILDER_LABEL: "true"}))
+            # Held until deleted below; reconcile removes builders nobody builds with
+            # (the template lock is free), whatever point a killed build reached.
+            builder = store.update_machine(builder.id, owner=owner_token(),
+                                           operation="template")
             try:
                 made = self.snapshot(builder, MachineConfig.model_validate(builder.config),
                                      name, template=True)

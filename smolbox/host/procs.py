@@ -126,3 +126,18 @@ class ProcessIdentity:
         except OSError:
             return None  # ENOSYS on old kernels, EMFILE…: fall back to kill()
 
+
+
+def owner_token() -> str:
+    """This process as ``"<pid>-<start time>"``: what rows record as their owner while
+    a multi-step operation runs, so any process can tell a live one from a dead one."""
+    me = ProcessIdentity.of(os.getpid())
+    return f"{me.pid}-{me.start_time}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process a token names still runs (a malformed token never does)."""
+    pid, _, start = token.partition("-")
+    if not (pid.isdigit() and start.isdigit()):
+        return False
+    return ProcessIdentity(int(pid), int(start)).is_alive()

@@ -48,6 +48,11 @@ class MachineRecord:
     error_reason: str | None = None
     source_snapshot: str | None = None
     ip: str | None = None
+    #: While a multi-step operation (create, fork, restore, delete) works on the row:
+    #: the owning process as ``"<pid>-<start time>"`` and the operation's name; both
+    #: None at rest. Reconcile finishes or undoes operations whose owner is dead.
+    owner: str | None = None
+    operation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class SnapshotRecord:
     state: SnapshotState = SnapshotState.PENDING
     size: int | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: The process writing a pending snapshot (``"<pid>-<start time>"``).
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class Lease:
 #: Columns of ``machines`` a caller may set (not id, name, state or timestamps).
 MACHINE_FIELDS: frozenset[str] = frozenset({
     "config", "image_ref", "image_version", "accelerator", "pid", "pid_start_time",
-    "run_dir", "error_reason", "source_snapshot", "ip",
+    "run_dir", "error_reason", "source_snapshot", "ip", "owner", "operation",
 })
 
 
@@ -119,6 +126,7 @@ def machine_from_row(row: sqlite3.Row) -> MachineRecord:
         image_version=row["image_version"], accelerator=row["accelerator"], pid=row["pid"],
         pid_start_time=row["pid_start_time"], run_dir=row["run_dir"],
         error_reason=row["error_reason"], source_snapshot=row["source_snapshot"], ip=row["ip"],
+        owner=row["owner"], operation=row["operation"],
     )
 
 
@@ -126,7 +134,7 @@ def snapshot_from_row(row: sqlite3.Row) -> SnapshotRecord:
     return SnapshotRecord(
         id=row["id"], name=row["name"], path=row["path"], created_at=row["created_at"],
         vm_id=row["vm_id"], state=SnapshotState(row["state"]), size=row["size"],
-        manifest=_json(row["manifest"], row["vm_id"] or row["id"]),
+        manifest=_json(row["manifest"], row["vm_id"] or row["id"]), owner=row["owner"],
     )
 
 

@@ -82,6 +82,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX machines_source_snapshot ON machines (source_snapshot);
         """,
     ),
+    Migration(
+        version=3,
+        description="intent of multi-step operations: the owning process and the operation",
+        sql="""
+        ALTER TABLE machines ADD COLUMN owner TEXT;
+        ALTER TABLE machines ADD COLUMN operation TEXT;
+        ALTER TABLE snapshots ADD COLUMN owner TEXT;
+        CREATE INDEX machines_owner ON machines (owner);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

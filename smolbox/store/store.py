@@ -41,7 +41,7 @@ __all__ = ["Store"]
 _MACHINE_COLUMNS = (
     "id", "name", "state", "config", "image_ref", "image_version", "accelerator", "pid",
     "pid_start_time", "run_dir", "created_at", "updated_at", "error_reason",
-    "source_snapshot", "ip",
+    "source_snapshot", "ip", "owner", "operation",
 )
 
 
@@ -218,9 +218,9 @@ class Store:
                 stored = replace(stored, vm_id=self.get_machine(rec.vm_id).id)
             self._db.execute(
                 "INSERT INTO snapshots (id, name, vm_id, path, state, created_at, size, "
-                "manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "manifest, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (stored.id, stored.name, stored.vm_id, stored.path, stored.state.value,
-                 stored.created_at, stored.size, dump_json(stored.manifest)),
+                 stored.created_at, stored.size, dump_json(stored.manifest), stored.owner),
                 operation="insert snapshot",
             )
         return stored
@@ -237,7 +237,7 @@ class Store:
                 )
             self._db.execute(
                 "UPDATE snapshots SET state = ?, size = COALESCE(?, size), "
-                "manifest = COALESCE(?, manifest) WHERE id = ?",
+                "manifest = COALESCE(?, manifest), owner = NULL WHERE id = ?",
                 (SnapshotState.COMPLETE.value, size,
                  None if manifest is None else dump_json(manifest), current.id),
                 operation="complete snapshot",

@@ -12,6 +12,7 @@ from smolbox.images import ImageCatalog, InstalledImage
 from smolbox.images.bootcheck import boot_until_ready
 from smolbox.images.builder import build_image
 from smolbox.images.kernel import verify_config
+from smolbox.images.transfer import import_image
 from smolbox.paths import Paths
 
 
@@ -100,7 +101,7 @@ def test_docker_save_of_debian_userland_boots(default_image: InstalledImage,
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     paths = Paths(home=tmp_path, images=tmp_path / "images", cache=shared.cache,
                   run=tmp_path / "run")
-    image = ImageCatalog(paths).import_(archive, digest, name="byo")
+    image = import_image(ImageCatalog(paths), archive, digest, name="byo")
     assert image.name == "byo" and image.manifest.kernel_kind == "minimal"
     import subprocess
 

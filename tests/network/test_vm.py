@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import smolbox.engine.engine as engine_module
+from smolbox.config import MachineConfig
 from smolbox.errors import VMNotFoundError
 
 pytestmark = [
@@ -82,7 +83,7 @@ def machine(engine: Any) -> Iterator[Any]:
     made: list[str] = []
 
     def create(config: dict[str, Any]) -> Any:
-        record = engine.create(config)
+        record = engine.create(MachineConfig.model_validate(config))
         made.append(record.id)
         return record
 
