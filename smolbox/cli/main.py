@@ -57,3 +57,7 @@ def main() -> None:
         show()
         sys.exit(usage_error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
