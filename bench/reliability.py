@@ -45,8 +45,8 @@ from smolbox.store.states import MachineState
 OPERATIONS = ("create", "template", "snapshot", "fork", "restore", "delete", "server")
 # Rough duration of each operation under TCG on 2 cores: delays are drawn below it,
 # so most kills land inside the operation (some before it starts or after it ends).
-TYPICAL_SECONDS = {"create": 0.8, "template": 6.0, "snapshot": 2.0, "fork": 2.0,
-                   "restore": 1.0, "delete": 0.8, "server": 1.5}
+TYPICAL_SECONDS = {"create": 0.8, "template": 3.5, "snapshot": 1.5, "fork": 0.8,
+                   "restore": 0.5, "delete": 0.4, "server": 1.0}
 WORKER_START_TIMEOUT = 60.0
 
 

@@ -30,6 +30,7 @@ __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "AuthenticationError", "PermissionDeniedError",
     "NotFoundError", "ConflictError", "UnprocessableError", "RateLimitedError",
     "InternalError", "UnavailableError", "ServiceUnavailableError", "ConnectionError",
+    "CapacityExhaustedError",
     "RequestTimeoutError",
     # lifecycle
     "LifecycleError", "VMAlreadyExistsError", "VMNotFoundError", "InvalidTransitionError",
@@ -93,6 +94,9 @@ class SmolboxError(Exception):
         self.message = message or self.__class__.__doc__ or self.code
         self.details: dict[str, Any] = dict(details or {})
         self.help = help or self.default_help
+        for name in self._all_detail_attrs():  # attributes given through ``details``
+            if not hasattr(self, name):
+                setattr(self, name, self.details.get(name))
         super().__init__(self.message)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -282,6 +286,18 @@ class ConnectionError(UnavailableError):
         super().__init__(message or f"Cannot connect to the smolbox server at {url}",
                          details=details, help=help)
         self._remember(url=url)
+
+
+class CapacityExhaustedError(UnavailableError):
+    """The host (or fleet) has no room for this machine right now."""
+
+    code = "CAPACITY_EXHAUSTED"
+    http_status = 503
+    retryable = True
+    default_help = ("Delete machines you no longer need, ask for less memory or vCPUs, or "
+                    "retry after `retry_after` seconds; limits are SMOLBOX_MAX_MACHINES, "
+                    "SMOLBOX_MAX_GUEST_MEMORY_MIB and SMOLBOX_MAX_VCPUS.")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("retry_after", "limit")
 
 
 # -------------------------------------------------------------------------- lifecycle
@@ -536,6 +552,7 @@ class DiskSpaceError(HostError):
     code = "DISK_SPACE_LOW"
     http_status = 507
     default_help = "Free disk space, or point SMOLBOX_HOME at a larger disk."
+    detail_attrs: ClassVar[tuple[str, ...]] = ("path", "free_bytes")
 
 
 class ProcessGoneError(HostError):

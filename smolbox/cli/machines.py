@@ -9,6 +9,7 @@ and always runs on this host's engine.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -212,9 +213,7 @@ def reconcile() -> None:
     start-up reconcile, so the pass that does the work is the one shown)."""
     with engine(reconcile=False) as eng:
         report = eng.reconcile()
-    data = {"marked_error": report.marked_error, "killed_pids": report.killed_pids,
-            "removed_dirs": report.removed_dirs, "network_removed": report.network_removed,
-            "pool_removed": report.pool_removed}
+    data = dataclasses.asdict(report)
     if OPTIONS.json:
         render.print_json(data)
     else:

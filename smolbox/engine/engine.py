@@ -33,6 +33,7 @@ from smolbox import errors, hostfiles
 from smolbox.channel import AgentClient
 from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MachineConfig
+from smolbox.engine.admission import admit
 from smolbox.engine.boot import Booter, new_machine_id
 from smolbox.engine.channels import AgentCache
 from smolbox.engine.disks import create_overlay
@@ -140,6 +141,7 @@ class Engine:
                 help="Copy files in with the files API (`smolbox cp`, `machine.files`).",
             )
         self.network.validate(config)
+        admit(self.store, config)
         image = self.images.get(config.image)
         vm_id = new_machine_id()
         layout = self.layout(vm_id)

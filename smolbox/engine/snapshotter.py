@@ -25,6 +25,7 @@ from typing import Any
 
 from smolbox import errors
 from smolbox.config import MACHINE_ID_PATTERN, MachineConfig
+from smolbox.engine.admission import admit
 from smolbox.engine.boot import Booter, guest_cmdline, new_machine_id
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.ops import MachineOps
@@ -199,6 +200,7 @@ class Snapshotter:
             base["env"] = {**base.get("env", {}), **env}
         configs = [MachineConfig.model_validate({**base, "name": names[i] if names else None})
                    for i in range(count)]
+        admit(self.booter.store, configs[0], count)
         # Every clone carries this operation until all are up, so a fork whose process
         # dies half-way is undone as a whole by reconcile.
         operation = f"fork:{secrets.token_hex(4)}"

@@ -20,6 +20,7 @@ from smolbox.engine.engine import Engine
 from smolbox.sdk.local import LocalBackend
 from smolbox.server import errors as error_handlers
 from smolbox.server.auth import require_token
+from smolbox.server.bodylimit import BodyLimitMiddleware
 from smolbox.server.metrics import Metrics
 from smolbox.server.middleware import RequestContextMiddleware, RouteLabels
 from smolbox.server.routes import commands, files, health, machines, shell, snapshots
@@ -62,6 +63,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         return dict(Counter(str(r.state) for r in current.engine.list_machines()))
 
     app.state.metrics = Metrics(count_by_state)
+    # Inside the request-context middleware (added after it = outside): a refused body
+    # already has its request id.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics,
                        labels=RouteLabels(app))
     error_handlers.install(app)

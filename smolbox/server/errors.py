@@ -9,6 +9,7 @@ failed validation (``VALIDATION_ERROR`` 422) or the route does not exist
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,10 +27,33 @@ def request_id(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Details that may leave the server in a 5xx body: small facts, never argv, stderr,
+# console output or host paths (those go to the server log under the request id).
+PUBLIC_5XX_DETAILS = frozenset({
+    "request_id", "retry_after", "limit", "allowed", "requested", "vm_id", "id",
+    "operation", "timeout_seconds", "step", "snapshot_id", "reason", "cause",
+})
+_HOST_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def public_form(err: errors.SmolboxError) -> errors.SmolboxError:
+    """The error as a client may see it: a 5xx keeps its code and class, loses
+    everything that would tell a client the host's paths or command lines."""
+    if err.http_status < 500:
+        return err
+    details = {key: value for key, value in err.details.items()
+               if key in PUBLIC_5XX_DETAILS and isinstance(value, int | float | str | None)
+               and not (isinstance(value, str) and _HOST_PATH.search(value))}
+    return type(err)._rebuild(_HOST_PATH.sub("<path>", err.message), details, err.help)
+
+
 def error_response(err: errors.SmolboxError, rid: str | None) -> JSONResponse:
-    """The one way an error leaves the server."""
+    """The one way an error leaves the server (5xx bodies through ``public_form``)."""
     if rid is not None:
         err.details.setdefault("request_id", rid)
+    if err.http_status >= 500:
+        log.warning("request %s failed: %s details=%s", rid, err, err.details)
+        err = public_form(err)
     headers: dict[str, str] = {}
     if isinstance(err, errors.AuthError) and err.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -45,8 +69,6 @@ def _loc(loc: Any) -> str:
 
 async def _smolbox_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.SmolboxError)
-    if exc.http_status >= 500:
-        log.warning("request %s failed: %s", request_id(request), exc)
     return error_response(exc, request_id(request))
 
 

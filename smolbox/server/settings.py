@@ -29,6 +29,7 @@ class ServerSettings:
     token: str | None
     max_upload_bytes: int = 1024 * MiB
     max_download_bytes: int = 1024 * MiB
+    max_body_bytes: int = 8 * MiB  # every other request body (JSON)
 
 
 def token_path(paths: Paths | None = None) -> Path:

@@ -279,3 +279,28 @@ def test_errors_name_machines_the_way_the_user_does(engine: Engine,
     assert "heldout-a" in caught.value.message and record.id not in caught.value.message
     assert caught.value.details["id"] == record.id
     engine.delete("heldout-a")
+
+
+def test_admission_refuses_before_anything_is_made(engine: Engine, launcher: FakeLauncher,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = engine.create(MachineConfig(name="one", **SMALL))
+    engine.snapshot("one", "shape")
+    spawned = launcher.plan.calls["spawn"]
+    monkeypatch.setenv("SMOLBOX_MAX_MACHINES", "2")
+    with pytest.raises(errors.CapacityExhaustedError) as caught:
+        engine.fork("shape", 2)  # 1 live + 2 > 2: the whole fork is refused up front
+    assert caught.value.details["limit"] == "max_machines" and caught.value.retryable
+    monkeypatch.setenv("SMOLBOX_MAX_GUEST_MEMORY_MIB", "200")
+    with pytest.raises(errors.CapacityExhaustedError):
+        engine.create(MachineConfig(**SMALL))
+    monkeypatch.delenv("SMOLBOX_MAX_GUEST_MEMORY_MIB")
+    with pytest.raises(errors.CapacityExhaustedError) as too_big:
+        engine.create(MachineConfig(memory_mib=65536))
+    assert too_big.value.details["limit"] in ("host_memory_mib", "max_guest_memory_mib")
+    monkeypatch.setenv("SMOLBOX_MAX_VCPUS", "oops")
+    with pytest.raises(errors.InvalidConfigError):
+        engine.create(MachineConfig(**SMALL))
+    assert launcher.plan.calls["spawn"] == spawned
+    assert leftovers(engine, launcher, keep={source.id}) == {}
+    engine.delete(source.id)
+    engine.delete_snapshot("shape")
