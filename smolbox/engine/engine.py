@@ -40,7 +40,7 @@ from smolbox.engine.disks import create_overlay
 from smolbox.engine.launcher import Launcher, QemuLauncher
 from smolbox.engine.layout import MachineLayout
 from smolbox.engine.pool import POOL_LABEL, WarmPool
-from smolbox.engine.reconcile import ReconcileReport, reconcile
+from smolbox.engine.reconcile import ReconcileReport, reconcile, vmm_run_state
 from smolbox.engine.snapshotter import Snapshotter
 from smolbox.engine.transfer import read_guest_file, write_guest_file
 from smolbox.host.accel import choose_accelerator
@@ -53,6 +53,14 @@ from smolbox.store.states import ACTIVE_STATES as LIVE_STATES
 from smolbox.store.states import MachineState, require_state
 
 log = logging.getLogger("smolbox.engine")
+
+#: QEMU run states a machine the store calls ``running`` can be stuck in, and the way out.
+STUCK_STATES = {
+    "io-error": "The guest's disk write failed (host disk full?): free space on the host, "
+                "then `smolbox resume` continues the machine.",
+    "paused": "QEMU was paused outside smolbox: `smolbox resume` continues it.",
+    "postmigrate": "A snapshot was interrupted: `smolbox resume` continues the machine.",
+}
 
 
 class Engine:
@@ -122,6 +130,14 @@ class Engine:
         if (record.accelerator or accel.name) == "tcg" and not accel.kvm_usable:
             info["warnings"].append({"code": errors.KVMUnavailableError.code,
                                      "message": accel.reason})
+        if record.state in (MachineState.RUNNING, MachineState.PAUSED):
+            status = vmm_run_state(record, self.paths)
+            info["vmm_status"] = status
+            if status in STUCK_STATES and record.state == MachineState.RUNNING:
+                info["warnings"].append({
+                    "code": "VMM_NOT_RUNNING",
+                    "message": f"QEMU reports '{status}' while the machine should run",
+                    "help": STUCK_STATES[status]})
         return info
 
     # ---------------------------------------------------------------- lifecycle
@@ -303,8 +319,19 @@ class Engine:
                                      expect={MachineState.RUNNING})
 
     def resume(self, vm: str) -> MachineRecord:
-        """Continue a paused guest and set its clock from the host (it lost the pause)."""
+        """Continue a paused guest and set its clock from the host (it lost the pause).
+
+        Also continues a ``running`` machine whose QEMU stopped by itself, e.g. on a
+        disk I/O error once the host disk had filled up (free space first)."""
         record = self.get(vm)
+        if record.state == MachineState.RUNNING and \
+                vmm_run_state(record, self.paths) in STUCK_STATES:
+            with self.booter.require_vmm(record, "resume").qmp() as qmp:
+                qmp.command("cont")
+            record = self.store.update_machine(record.id, error_reason=None)
+            with self.guest(record.id, "resume") as agent:
+                agent.sync_time()
+            return record
         self._require(record, {MachineState.PAUSED}, "resume")
         with self.booter.require_vmm(record, "resume").qmp() as qmp:
             qmp.command("cont")

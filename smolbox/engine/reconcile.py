@@ -64,6 +64,7 @@ class ReconcileReport:
     finished: list[str] = field(default_factory=list)
     snapshots_removed: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    io_errors: list[str] = field(default_factory=list)
     marked_error: list[str] = field(default_factory=list)
     killed_pids: list[int] = field(default_factory=list)
     removed_dirs: list[str] = field(default_factory=list)
@@ -194,19 +195,61 @@ def _settle_snapshots(store: Store, paths: Paths, report: ReconcileReport) -> No
                 report.removed_dirs.append(str(directory))
 
 
+IO_ERROR_REASON = ("guest disk I/O error (is the host disk full?): free space, then "
+                   "`smolbox resume` continues it")
+ACCIDENTAL_PAUSE = ("paused", "postmigrate")
+
+
+def vmm_run_state(record: MachineRecord, paths: Paths) -> str | None:
+    """QEMU's own run state (QMP ``query-status``) of a live machine, or None when it
+    cannot be asked (no process, socket gone, QMP silent)."""
+    if record.pid is None or record.pid_start_time is None:
+        return None
+    vmm = QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),
+                            paths.run_dir(record.id), paths.machine_dir(record.id) / "console.log",
+                            record.id)
+    try:
+        with vmm.qmp(timeout=5.0) as qmp:
+            return qmp.status()
+    except errors.SmolboxError as err:
+        log.warning("could not read the run state of %s: %s", record.id, err)
+        return None
+
+
 def _continue_if_paused(record: MachineRecord, paths: Paths, report: ReconcileReport) -> None:
-    """A save stops the VM and continues it after; a writer killed in between leaves it
-    paused while its row says running."""
+    """The store is the user's intent: a ``running`` row whose QEMU is paused was paused
+    by accident (a save whose writer was killed between stop and cont): continue it."""
+    if vmm_run_state(record, paths) not in ACCIDENTAL_PAUSE:
+        return
     vmm = QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),  # type: ignore[arg-type]
                             paths.run_dir(record.id), paths.machine_dir(record.id) / "console.log",
                             record.id)
     try:
         with vmm.qmp(timeout=5.0) as qmp:
-            if qmp.status() in ("paused", "postmigrate"):
-                qmp.command("cont")
-                report.resumed.append(record.id)
+            qmp.command("cont")
+        report.resumed.append(record.id)
     except errors.SmolboxError as err:
-        log.warning("could not check whether %s was left paused: %s", record.id, err)
+        log.warning("could not continue %s: %s", record.id, err)
+
+
+def _check_run_states(store: Store, paths: Paths, report: ReconcileReport) -> None:
+    """Rows say ``running``; QEMU says what is true. Accidental pauses are continued;
+    a guest stopped on a disk I/O error (``io-error``: the host disk filled up) is
+    reported with its way out, since only freeing space can fix it."""
+    for record in store.list_machines({MachineState.RUNNING}):
+        if record.owner is not None or not _alive(record):
+            continue
+        state = vmm_run_state(record, paths)
+        if state in ACCIDENTAL_PAUSE:
+            _continue_if_paused(record, paths, report)
+        elif state == "io-error":
+            store.update_machine(record.id, error_reason=IO_ERROR_REASON)
+            report.io_errors.append(record.id)
+        elif state in ("internal-error", "guest-panicked"):
+            _kill_machine_vmm(record, paths, report)
+            store.transition(record.id, MachineState.ERROR, pid=None, pid_start_time=None,
+                             error_reason=f"QEMU reported {state}")
+            report.marked_error.append(record.id)
 
 
 def settle_dead_operations(store: Store, paths: Paths, report: ReconcileReport) -> None:
@@ -232,6 +275,7 @@ def settle_dead_operations(store: Store, paths: Paths, report: ReconcileReport) 
 def reconcile(store: Store, paths: Paths) -> ReconcileReport:
     report = ReconcileReport()
     settle_dead_operations(store, paths, report)
+    _check_run_states(store, paths, report)
     rows = {record.id: record for record in store.list_machines()}
 
     for record in rows.values():
