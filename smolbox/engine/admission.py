@@ -14,7 +14,7 @@ restart only — they are host policy, not per-request input):
 - ``SMOLBOX_MAX_GUEST_MEMORY_MIB`` (default: the host's total memory) summed over
   live machines' ``memory_mib`` — clones share template RAM copy-on-write, so this
   is an upper bound on what guests can dirty;
-- ``SMOLBOX_MAX_VCPUS`` (default 4 x host CPUs) summed over live machines.
+- ``SMOLBOX_MAX_VCPUS`` (default 16 x host CPUs) summed over live machines.
 
 One machine larger than the host's total memory is refused whatever the caps.
 """
@@ -30,7 +30,7 @@ from smolbox.store import Store
 from smolbox.store.states import ACTIVE_STATES
 
 DEFAULT_MAX_MACHINES = 64
-VCPU_OVERCOMMIT = 4
+VCPU_OVERCOMMIT = 16  # TCG vCPUs are host threads; idle ones cost little
 RETRY_AFTER_SECONDS = 5.0
 
 
