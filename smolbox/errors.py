@@ -85,39 +85,26 @@ import string
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
-    "SmolboxError", "SmolVMError", "from_wire", "catalogue", "error_for_status",
-    # families usable across transports
-    "BadRequestError", "MethodNotAllowedError", "PayloadTooLargeError", "AuthError",
-    "AuthenticationError", "NotFoundError", "ConflictError", "UnprocessableError",
-    "RateLimitedError", "InternalError", "UnavailableError", "ServiceUnavailableError",
-    "ConnectionError", "CapacityExhaustedError", "NodeLostError", "RequestTimeoutError",
-    # lifecycle
-    "VMAlreadyExistsError", "VMNotFoundError", "InvalidTransitionError",
-    "SnapshotAlreadyExistsError", "SnapshotNotFoundError", "SnapshotCorruptError",
-    "StatePoisonedError", "VMCrashedError",
-    # config
-    "ValidationError", "InvalidConfigError", "VMFileError", "VMFileNotFoundError",
-    "VMFileParseError", "VMFileValidationError", "ProvisioningError",
-    # host
-    "HostError", "KVMUnavailableError", "KVMUnavailable", "HostToolMissingError",
-    "DiskSpaceError", "ProcessGoneError", "BackendNotAvailableError", "BackendNotAvailable",
-    "NotSupportedError",
-    # network
-    "NetworkError", "NetworkConfigError", "NetworkSetupError", "FirewallError",
-    "PortInUseError", "IPPoolExhaustedError",
-    # images
-    "ImageError", "ImageNotFoundError", "ImageAlreadyExistsError", "ImageDownloadError",
-    "ImageChecksumMismatchError", "ImageCacheUnreadableError", "ImageCorruptError",
-    "ImageFileMissingError", "ImageFormatError", "OverlayCreationError", "RootfsError",
-    "ImageBuildError",
-    # VMM
-    "VMMError", "QMPError", "VMMAPIError", "FirecrackerAPIError", "SpawnError",
-    "SpawnFailedError", "ShutdownError", "JailerError", "MetricsError",
-    # guest
+    "SmolboxError", "SmolVMError", "from_wire", "catalogue", "error_for_status", "BadRequestError",
+    "MethodNotAllowedError", "PayloadTooLargeError", "AuthError", "AuthenticationError",
+    "NotFoundError", "ConflictError", "UnprocessableError", "RateLimitedError", "InternalError",
+    "UnavailableError", "ServiceUnavailableError", "ConnectionError", "CapacityExhaustedError",
+    "NodeLostError", "RequestTimeoutError", "VMAlreadyExistsError", "VMNotFoundError",
+    "InvalidTransitionError", "SnapshotAlreadyExistsError", "SnapshotNotFoundError",
+    "SnapshotCorruptError", "StatePoisonedError", "VMCrashedError", "ValidationError",
+    "InvalidConfigError", "VMFileError", "VMFileNotFoundError", "VMFileParseError",
+    "VMFileValidationError", "ProvisioningError", "HostError", "KVMUnavailableError",
+    "KVMUnavailable", "HostToolMissingError", "DiskSpaceError", "ProcessGoneError",
+    "BackendNotAvailableError", "BackendNotAvailable", "NotSupportedError", "NetworkError",
+    "NetworkConfigError", "NetworkSetupError", "FirewallError", "PortInUseError",
+    "IPPoolExhaustedError", "ImageError", "ImageNotFoundError", "ImageAlreadyExistsError",
+    "ImageDownloadError", "ImageChecksumMismatchError", "ImageCacheUnreadableError",
+    "ImageCorruptError", "ImageFileMissingError", "ImageFormatError", "OverlayCreationError",
+    "RootfsError", "ImageBuildError", "VMMError", "QMPError", "VMMAPIError", "FirecrackerAPIError",
+    "SpawnError", "SpawnFailedError", "ShutdownError", "JailerError", "MetricsError",
     "GuestAgentError", "GuestProtocolError", "GuestMetadataError", "GuestFileError",
-    "GuestFileNotFoundError", "CommandExecutionUnavailableError",
-    # time and exec
-    "OperationTimeoutError", "TimeoutError", "ExecutionError",
+    "GuestFileNotFoundError", "CommandExecutionUnavailableError", "OperationTimeoutError",
+    "TimeoutError", "ExecutionError",
 ]
 
 _WIRE_PATTERN = re.compile(r"^\[(?P<code>[A-Z][A-Z0-9_]*)\] (?P<message>.*)$", re.DOTALL)
