@@ -100,8 +100,8 @@ class RemoteBackend:
                 response = self._client.send(request, stream=stream)
             except httpx.TimeoutException as exc:
                 err: errors.SmolboxError = errors.RequestTimeoutError(
-                    f"{method} {path}", 0.0,
-                    message=f"No answer from {self.url} in time ({type(exc).__name__})",
+                    f"No answer from {self.url} in time ({type(exc).__name__})",
+                    operation=f"{method} {path}", timeout_seconds=0.0,
                     help="Raise the client timeout, or check the server's load.")
                 retry_after = None
             except httpx.TransportError as exc:
