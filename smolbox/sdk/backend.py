@@ -24,7 +24,9 @@ Command = list[str] | str
 class ShellSession(Protocol):
     """An interactive process on a guest terminal: bytes in, bytes out, an exit code."""
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes) -> None:
+        """Type ``data`` into the terminal (remote: ``ConnectionError`` once closed)."""
+        ...
 
     def close_input(self) -> None:
         """No more input (like ^D at the start of a line)."""
@@ -35,7 +37,9 @@ class ShellSession(Protocol):
         ...
 
     @property
-    def exit_code(self) -> int | None: ...
+    def exit_code(self) -> int | None:
+        """The process's exit status once :meth:`output` has ended, else ``None``."""
+        ...
 
     def close(self) -> None:
         """End the session (kills the guest process if it still runs)."""
