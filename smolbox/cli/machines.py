@@ -70,8 +70,7 @@ def create(name: str | None = NAME_OPT, image: str = IMAGE_OPT, memory: int = ME
            boot_timeout: float = BOOT_OPT) -> None:
     """Create and boot a machine; prints its id."""
     with sdk_backend() as backend:
-        record = backend.create(_config(name, image, memory, vcpus, env, boot_timeout)
-                                .model_dump(mode="json"))
+        record = backend.create(_config(name, image, memory, vcpus, env, boot_timeout))
     if OPTIONS.json:
         render.print_json(_row(record))
     else:
@@ -144,8 +143,7 @@ def run(command: list[str] = CMD_ARG, name: str | None = NAME_OPT, image: str = 
         boot_timeout: float = BOOT_OPT) -> None:
     """Create a machine, run one command in it, delete it (unless --keep)."""
     with sdk_backend() as backend:
-        record = backend.create(_config(name, image, memory, vcpus, [], boot_timeout)
-                                .model_dump(mode="json"))
+        record = backend.create(_config(name, image, memory, vcpus, [], boot_timeout))
         try:
             code = _stream(backend, record.id, command, _parse_env(env), cwd, None, timeout)
         finally:

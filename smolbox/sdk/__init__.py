@@ -6,7 +6,7 @@
 """
 
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
-from smolbox.sdk.aio import AsyncFiles, AsyncMachine
+from smolbox.sdk.aio import AsyncFiles, AsyncMachine, AsyncShellSession, AsyncSnapshot
 from smolbox.sdk.backend import Backend, ShellSession
 from smolbox.sdk.files import Files
 from smolbox.sdk.local import LocalBackend
@@ -17,7 +17,8 @@ from smolbox.sdk.resolve import default_backend
 from smolbox.sdk.retry import NO_RETRY, RetryPolicy
 
 __all__ = [
-    "NO_RETRY", "AsyncFiles", "AsyncMachine", "Backend", "ExecEvent", "ExecResult", "FileStat",
-    "Files", "LocalBackend", "Machine", "MachineInfo", "RemoteBackend", "RetryPolicy",
-    "ShellSession", "Snapshot", "SnapshotInfo", "default_backend",
+    "NO_RETRY", "AsyncFiles", "AsyncMachine", "AsyncShellSession", "AsyncSnapshot", "Backend",
+    "ExecEvent", "ExecResult", "FileStat", "Files", "LocalBackend", "Machine", "MachineInfo",
+    "RemoteBackend", "RetryPolicy", "ShellSession", "Snapshot", "SnapshotInfo",
+    "default_backend",
 ]

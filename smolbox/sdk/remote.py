@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -23,6 +23,7 @@ import httpx
 
 from smolbox import errors
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
+from smolbox.config import MachineConfig
 from smolbox.sdk.backend import Command, ShellSession
 from smolbox.sdk.models import (
     ExecEventModel,
@@ -66,6 +67,13 @@ class RemoteBackend:
 
     ``url`` and ``token`` default to ``SMOLBOX_URL`` and ``SMOLBOX_TOKEN``;
     ``transport`` and ``retry`` customise httpx and the retry policy.
+
+    Every method raises the same catalogue errors as :class:`LocalBackend` (rebuilt
+    from the server's body), plus ``ConnectionError`` when the server cannot be
+    reached or the connection breaks, ``RequestTimeoutError`` when it does not answer
+    in time, ``AuthError`` for a wrong token, ``RateLimitedError`` / ``UnavailableError``
+    for the server's (or a proxy's) 429/5xx once retries are spent. Without a URL the
+    constructor raises ``ValidationError``.
     """
 
     name = "remote"
@@ -147,20 +155,29 @@ class RemoteBackend:
             response.close()
 
     # --------------------------------------------------------------- machines
-    def create(self, config: Mapping[str, Any], *, start: bool = True) -> MachineInfo:
-        data = self._json("POST", "/machines", idempotent=False, json=dict(config),
+    def create(self, config: MachineConfig, *, start: bool = True) -> MachineInfo:
+        """``POST /machines`` with the config's non-default fields (never retried).
+
+        Raises ``CapacityExhaustedError``, ``VMAlreadyExistsError``, ``ImageNotFoundError``,
+        ``OperationTimeoutError`` (boot), ``ConnectionError``.
+        """
+        body = config.model_dump(mode="json", exclude_defaults=True)
+        data = self._json("POST", "/machines", idempotent=False, json=body,
                           params={"start": start}, timeout=LONG)
         return MachineInfo.model_validate(data)
 
     def get(self, vm: str) -> MachineInfo:
+        """The machine's record. Raises ``VMNotFoundError``, ``ConnectionError``."""
         return self.info(vm)
 
     def list(self, states: set[str] | None = None) -> builtins.list[MachineInfo]:
+        """All machines, or those in one of ``states``. Raises ``ConnectionError``."""
         params = {"state": sorted(states)} if states else None
         data = self._json("GET", "/machines", idempotent=True, params=params)
         return [MachineInfo.model_validate(item) for item in data]
 
     def info(self, vm: str) -> MachineInfo:
+        """The record plus live details. Raises ``VMNotFoundError``, ``ConnectionError``."""
         return MachineInfo.model_validate(self._json("GET", f"/machines/{vm}", idempotent=True))
 
     def _action(self, vm: str, action: str, **params: Any) -> Any:
@@ -168,25 +185,39 @@ class RemoteBackend:
                           params=params or None, timeout=LONG)
 
     def start(self, vm: str) -> MachineInfo:
+        """Boot a stopped machine. Raises ``VMNotFoundError``, ``InvalidTransitionError``,
+        ``CapacityExhaustedError``, ``ConnectionError``."""
         return MachineInfo.model_validate(self._action(vm, "start"))
 
     def stop(self, vm: str, *, graceful: bool = True) -> str:
+        """Stop (disk kept); the shutdown step that worked. Raises ``VMNotFoundError``,
+        ``InvalidTransitionError``, ``ConnectionError``."""
         return StopResult.model_validate(self._action(vm, "stop", graceful=graceful)).stopped_by
 
     def restart(self, vm: str) -> MachineInfo:
+        """Stop, then start. Raises ``VMNotFoundError``, ``InvalidTransitionError``,
+        ``ConnectionError``."""
         return MachineInfo.model_validate(self._action(vm, "restart"))
 
     def pause(self, vm: str) -> MachineInfo:
+        """Freeze the vCPUs. Raises ``VMNotFoundError``, ``InvalidTransitionError``,
+        ``ConnectionError``."""
         return MachineInfo.model_validate(self._action(vm, "pause"))
 
     def resume(self, vm: str) -> MachineInfo:
+        """Continue a paused machine. Raises ``VMNotFoundError``,
+        ``InvalidTransitionError``, ``ConnectionError``."""
         return MachineInfo.model_validate(self._action(vm, "resume"))
 
     def delete(self, vm: str, *, force: bool = False) -> None:
+        """Delete the machine (``force``: no graceful shutdown; retried, DELETE is
+        idempotent). Raises ``VMNotFoundError``, ``ConnectionError``."""
         self._send("DELETE", f"/machines/{vm}", idempotent=True, params={"force": force},
                    timeout=LONG)
 
     def logs(self, vm: str, *, follow: bool = False) -> Iterator[str]:
+        """The serial console's text, streamed. Raises ``VMNotFoundError``,
+        ``ConnectionError``."""
         with self._stream("GET", f"/machines/{vm}/logs", idempotent=True,
                           params={"follow": follow}, timeout=LONG) as response:
             yield from response.iter_text()
@@ -204,6 +235,9 @@ class RemoteBackend:
     def exec(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
              cwd: str | None = None, user: str | None = None, stdin: bytes | None = None,
              timeout: float | None = None) -> ExecResult:
+        """Run a command to completion (never retried). Raises ``VMNotFoundError``,
+        ``InvalidTransitionError``, ``OperationTimeoutError``, ``ValidationError``,
+        ``ConnectionError``."""
         data = self._json("POST", f"/machines/{vm}/exec", idempotent=False,
                           json=self._exec_body(cmd, env, cwd, user, stdin, timeout),
                           timeout=LONG)
@@ -213,6 +247,8 @@ class RemoteBackend:
                     cwd: str | None = None, user: str | None = None,
                     stdin: bytes | None = None,
                     timeout: float | None = None) -> Iterator[ExecEvent]:
+        """Output events over server-sent events, then ``exit``. Raises what :meth:`exec`
+        raises; ``ConnectionError`` if the stream ends without an exit event."""
         body = self._exec_body(cmd, env, cwd, user, stdin, timeout)
         with self._stream("POST", f"/machines/{vm}/exec/stream", idempotent=False, json=body,
                           timeout=LONG) as response:
@@ -228,7 +264,9 @@ class RemoteBackend:
 
     def shell(self, vm: str, *, command: builtins.list[str] | None = None, rows: int = 24,
               cols: int = 80, env: dict[str, str] | None = None) -> ShellSession:
-        """A terminal over the server's WebSocket endpoint (``env`` is not sent)."""
+        """A terminal over the server's WebSocket endpoint. Raises ``VMNotFoundError``,
+        ``InvalidTransitionError``, ``ConnectionError``; ``NotSupportedError`` for ``env``
+        (the endpoint takes no environment)."""
         from smolbox.sdk.remote_shell import RemoteShell
 
         if env:
@@ -242,6 +280,8 @@ class RemoteBackend:
     # ------------------------------------------------------------------ files
     def write_file(self, vm: str, path: str, data: bytes | BinaryIO, *,
                    mode: int = 0o644) -> None:
+        """Upload a guest file (bytes are retried, a stream is sent once). Raises
+        ``VMNotFoundError``, ``ValidationError``, ``GuestFileError``, ``ConnectionError``."""
         if isinstance(data, bytes | bytearray | memoryview):
             content: Any = bytes(data)
             idempotent = True
@@ -253,48 +293,65 @@ class RemoteBackend:
                    headers={"Content-Type": "application/octet-stream"}, timeout=LONG)
 
     def read_file(self, vm: str, path: str) -> Iterator[bytes]:
+        """A guest file, streamed in chunks. Raises ``VMNotFoundError``,
+        ``GuestFileNotFoundError``, ``ConnectionError``."""
         with self._stream("GET", f"/machines/{vm}/files/content", idempotent=True,
                           params={"path": path}, timeout=LONG) as response:
             yield from response.iter_bytes()
 
     def list_dir(self, vm: str, path: str) -> builtins.list[FileStat]:
+        """A guest directory's entries. Raises ``VMNotFoundError``,
+        ``GuestFileNotFoundError``, ``ConnectionError``."""
         data = self._json("GET", f"/machines/{vm}/files/list", idempotent=True,
                           params={"path": path})
         return [FileStatModel.model_validate(item).stat() for item in data]
 
     def stat(self, vm: str, path: str) -> FileStat:
+        """A guest path's metadata. Raises ``VMNotFoundError``, ``GuestFileNotFoundError``,
+        ``ConnectionError``."""
         data = self._json("GET", f"/machines/{vm}/files/stat", idempotent=True,
                           params={"path": path})
         return FileStatModel.model_validate(data).stat()
 
     def mkdir(self, vm: str, path: str, *, parents: bool = True) -> None:
+        """Make a guest directory. Raises ``VMNotFoundError``, ``GuestFileNotFoundError``,
+        ``ConnectionError``."""
         self._send("POST", f"/machines/{vm}/files/mkdir", idempotent=True,
                    params={"path": path, "parents": parents})
 
     def remove(self, vm: str, path: str, *, recursive: bool = False) -> None:
+        """Remove a guest path. Raises ``VMNotFoundError``, ``GuestFileNotFoundError``,
+        ``ConnectionError``."""
         self._send("DELETE", f"/machines/{vm}/files", idempotent=True,
                    params={"path": path, "recursive": recursive})
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, vm: str, name: str) -> SnapshotInfo:
+        """Save memory and disk as ``name``. Raises ``VMNotFoundError``,
+        ``InvalidTransitionError``, ``SnapshotAlreadyExistsError``, ``ConnectionError``."""
         data = self._json("POST", f"/machines/{vm}/snapshots", idempotent=False,
                           json={"name": name}, timeout=LONG)
         return SnapshotInfo.model_validate(data)
 
     def list_snapshots(self, vm: str | None = None) -> builtins.list[SnapshotInfo]:
+        """All snapshots, or those of ``vm``. Raises ``ConnectionError``."""
         data = self._json("GET", "/snapshots", idempotent=True,
                           params={"vm": vm} if vm else None)
         return [SnapshotInfo.model_validate(item) for item in data]
 
     def get_snapshot(self, name: str) -> SnapshotInfo:
+        """One snapshot. Raises ``SnapshotNotFoundError``, ``ConnectionError``."""
         return SnapshotInfo.model_validate(self._json("GET", f"/snapshots/{name}",
                                                       idempotent=True))
 
     def delete_snapshot(self, name: str) -> None:
+        """Delete a snapshot. Raises ``SnapshotNotFoundError``, ``ConnectionError``."""
         self._send("DELETE", f"/snapshots/{name}", idempotent=True)
 
     def fork(self, snapshot: str, count: int = 1, *, names: builtins.list[str] | None = None,
              env: dict[str, str] | None = None) -> builtins.list[MachineInfo]:
+        """``count`` machines from a snapshot, all or nothing (never retried). Raises
+        ``SnapshotNotFoundError``, ``CapacityExhaustedError``, ``ConnectionError``."""
         body: dict[str, Any] = {"count": count}
         if names is not None:
             body["names"] = names
@@ -305,19 +362,28 @@ class RemoteBackend:
         return [MachineInfo.model_validate(item) for item in data]
 
     def restore(self, vm: str, snapshot: str) -> MachineInfo:
+        """Put the machine back to a snapshot. Raises ``VMNotFoundError``,
+        ``SnapshotNotFoundError``, ``InvalidTransitionError``, ``ConnectionError``."""
         data = self._json("POST", f"/machines/{vm}/restore", idempotent=False,
                           json={"snapshot": snapshot}, timeout=LONG)
         return MachineInfo.model_validate(data)
 
     # ------------------------------------------------------------------ misc
     def healthz(self) -> dict[str, Any]:
-        response = self._client.get(self.url + "/healthz")
+        """The server's ``/healthz`` body (one try). Raises ``ConnectionError`` when the
+        server cannot be reached, else the status's catalogue error."""
+        try:
+            response = self._client.get(self.url + "/healthz")
+        except httpx.TransportError as exc:
+            raise errors.ConnectionError(
+                f"Cannot reach the smolbox server at {self.url}: {exc}", url=self.url) from None
         if not response.is_success:
             raise error_from_response(response)
         result: dict[str, Any] = response.json()
         return result
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._client.close()
 
     def __enter__(self) -> RemoteBackend:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from smolbox import AsyncMachine, ExecResult, Machine, errors
+from smolbox.sdk import AsyncSnapshot
 from smolbox.sdk.backend import Backend
 
 pytestmark = pytest.mark.vm
@@ -201,6 +202,37 @@ async def test_async_machine(backend: Backend, machine: Machine) -> None:
         await am.files.read("/tmp/missing")
     assert (await am.info()).state == "running"
     assert machine.id in {i.id for i in await AsyncMachine.list(backend=backend)}
+
+
+@pytest.mark.anyio
+async def test_async_shell_snapshot_fork_and_delete(backend: Backend, machine: Machine) -> None:
+    am = await AsyncMachine.connect(machine.id, backend=backend)
+    async with await am.shell(command=["/bin/sh"], rows=20, cols=60) as session:
+        await session.send(b"stty size; echo async-$((6*7)); exit 5\n")
+        screen = b"".join([chunk async for chunk in session.output()]).decode()
+    assert "20 60" in screen and "async-42" in screen
+    assert session.exit_code == 5
+
+    await am.files.write("/root/async-state.txt", "async before")
+    snap = await am.snapshot(f"sdk-async-snap-{backend.name}")
+    try:
+        assert isinstance(snap, AsyncSnapshot) and snap.name == snap.info.name
+        listed = await AsyncMachine.list_snapshots(backend=backend)
+        assert snap.name in {s.name for s in listed}
+        assert snap.name in {s.name for s in await AsyncMachine.list_snapshots(
+            machine.id, backend=backend)}
+        (clone,) = await snap.fork(1, env={"CLONE": "async"})
+        async with clone:
+            assert isinstance(clone, AsyncMachine)
+            assert (await clone.exec("cat /root/async-state.txt; echo \" $CLONE\"")).stdout == \
+                "async before async\n"
+    finally:
+        await snap.delete()
+    assert snap.name not in {s.name for s in await AsyncMachine.list_snapshots(backend=backend)}
+    with pytest.raises(errors.SnapshotNotFoundError):
+        await snap.delete()
+    with pytest.raises(errors.VMNotFoundError):
+        await AsyncMachine.connect(clone.id, backend=backend)
 
 
 @pytest.fixture

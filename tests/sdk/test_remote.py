@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from smolbox import errors
+from smolbox.config import MachineConfig
 from smolbox.sdk import Machine, RemoteBackend, RetryPolicy
 from smolbox.sdk.retry import parse_retry_after
 from smolbox.server import ServerSettings, ServerThread, create_app
@@ -107,7 +108,7 @@ def test_non_idempotent_calls_are_not_retried(sdk_server: ServerThread,
                            headers={"Content-Type": "application/json"})
     backend, sleeps = remote(sdk_server, server_token, flaky)
     with backend, pytest.raises(errors.UnavailableError) as caught:
-        backend.create({"name": "never-made"})
+        backend.create(MachineConfig(name="never-made"))
     assert caught.value.message == "engine busy"
     assert sleeps == [] and len(flaky.seen) == 1
 

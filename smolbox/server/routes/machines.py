@@ -33,7 +33,8 @@ async def list_machines(
              summary="Create (and boot) a machine")
 async def create_machine(b: Backend, config: MachineConfig,
                          start: bool = True) -> MachineInfo:
-    return await call(b.create, config.model_dump(mode="json"), start=start)
+    # FastAPI validated the body into a MachineConfig: hand that object down as it is.
+    return await call(b.create, config, start=start)
 
 
 @router.get("/{vm}", response_model=MachineInfo, summary="Machine details")
