@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench.reliability_worker import TEMPLATE_BUILD_MEMORY_MIB
 from smolbox import errors
 from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
@@ -142,7 +143,8 @@ class Harness:
                 eng.create(MachineConfig(name=name))
             if operation == "template":
                 for snap in eng.store.list_snapshots():
-                    if snap.manifest.get("template") and snap.manifest.get("memory_mib") == 160:
+                    if (snap.manifest.get("template")
+                            and snap.manifest.get("memory_mib") == TEMPLATE_BUILD_MEMORY_MIB):
                         eng.delete_snapshot(snap.id)
 
     def _kill_worker(self, operation: str, name: str, delay: float) -> bool:
@@ -234,7 +236,8 @@ class Harness:
                 with suppress(errors.VMNotFoundError):
                     eng.delete(name, force=True)
                 if operation != "delete":
-                    memory = 160 if operation == "template" else 256
+                    memory = (TEMPLATE_BUILD_MEMORY_MIB if operation == "template"
+                              else MachineConfig().memory_mib)
                     eng.delete(eng.create(MachineConfig(name=name, memory_mib=memory)).id)
             elif operation == "snapshot":
                 with suppress(errors.SnapshotNotFoundError):

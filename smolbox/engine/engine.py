@@ -40,7 +40,7 @@ from smolbox.engine.disks import create_overlay
 from smolbox.engine.launcher import Launcher, QemuLauncher
 from smolbox.engine.layout import MachineLayout
 from smolbox.engine.pool import POOL_LABEL, WarmPool
-from smolbox.engine.reconcile import ReconcileReport, reconcile, vmm_run_state
+from smolbox.engine.reconcile import ReconcileReport, reconcile
 from smolbox.engine.snapshotter import Snapshotter
 from smolbox.engine.transfer import read_guest_file, write_guest_file
 from smolbox.host.accel import choose_accelerator
@@ -130,8 +130,9 @@ class Engine:
         if (record.accelerator or accel.name) == "tcg" and not accel.kvm_usable:
             info["warnings"].append({"code": errors.KVMUnavailableError.code,
                                      "message": accel.reason})
-        if record.state in (MachineState.RUNNING, MachineState.PAUSED):
-            status = vmm_run_state(record, self.paths)
+        vmm = self.booter.handle_of(record)
+        if vmm is not None and record.state in (MachineState.RUNNING, MachineState.PAUSED):
+            status = vmm.run_state()
             info["vmm_status"] = status
             if status in STUCK_STATES and record.state == MachineState.RUNNING:
                 info["warnings"].append({
@@ -324,9 +325,9 @@ class Engine:
         Also continues a ``running`` machine whose QEMU stopped by itself, e.g. on a
         disk I/O error once the host disk had filled up (free space first)."""
         record = self.get(vm)
-        if record.state == MachineState.RUNNING and \
-                vmm_run_state(record, self.paths) in STUCK_STATES:
-            with self.booter.require_vmm(record, "resume").qmp() as qmp:
+        stuck = self.booter.handle_of(record) if record.state == MachineState.RUNNING else None
+        if stuck is not None and stuck.run_state() in STUCK_STATES:
+            with stuck.qmp() as qmp:
                 qmp.command("cont")
             record = self.store.update_machine(record.id, error_reason=None)
             with self.guest(record.id, "resume") as agent:

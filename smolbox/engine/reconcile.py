@@ -181,12 +181,10 @@ def _settle_snapshots(store: Store, paths: Paths, report: ReconcileReport) -> No
         shutil.rmtree(snap.path, ignore_errors=True)
         store.delete_snapshot(snap.id)
         report.snapshots_removed.append(snap.name)
-        source = store.find_machine(snap.vm_id) if snap.vm_id else None
-        if source is not None and source.state == MachineState.RUNNING and _alive(source):
-            _continue_if_paused(source, paths, report)
-    known = {Path(s.path).name for s in store.list_snapshots()}
-    known |= {f".tmp-{s.id}" for s in store.list_pending_snapshots()}
-    known |= {Path(s.path).name for s in store.list_pending_snapshots()}
+        # A source the save left paused is continued by _check_run_states.
+    pending = store.list_pending_snapshots()
+    known = {Path(s.path).name for s in [*store.list_snapshots(), *pending]}
+    known |= {f".tmp-{s.id}" for s in pending}
     if paths.snapshots.exists():
         for directory in paths.snapshots.iterdir():
             if directory.is_dir() and directory.name not in known:
@@ -200,36 +198,13 @@ IO_ERROR_REASON = ("guest disk I/O error (is the host disk full?): free space, t
 ACCIDENTAL_PAUSE = ("paused", "postmigrate")
 
 
-def vmm_run_state(record: MachineRecord, paths: Paths) -> str | None:
-    """QEMU's own run state (QMP ``query-status``) of a live machine, or None when it
-    cannot be asked (no process, socket gone, QMP silent)."""
+def _vmm(record: MachineRecord, paths: Paths) -> QemuHandle | None:
+    """A handle on the VMM a row records (None when it records none)."""
     if record.pid is None or record.pid_start_time is None:
         return None
-    vmm = QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),
-                            paths.run_dir(record.id), paths.machine_dir(record.id) / "console.log",
-                            record.id)
-    try:
-        with vmm.qmp(timeout=5.0) as qmp:
-            return qmp.status()
-    except errors.SmolboxError as err:
-        log.warning("could not read the run state of %s: %s", record.id, err)
-        return None
-
-
-def _continue_if_paused(record: MachineRecord, paths: Paths, report: ReconcileReport) -> None:
-    """The store is the user's intent: a ``running`` row whose QEMU is paused was paused
-    by accident (a save whose writer was killed between stop and cont): continue it."""
-    if vmm_run_state(record, paths) not in ACCIDENTAL_PAUSE:
-        return
-    vmm = QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),  # type: ignore[arg-type]
-                            paths.run_dir(record.id), paths.machine_dir(record.id) / "console.log",
-                            record.id)
-    try:
-        with vmm.qmp(timeout=5.0) as qmp:
-            qmp.command("cont")
-        report.resumed.append(record.id)
-    except errors.SmolboxError as err:
-        log.warning("could not continue %s: %s", record.id, err)
+    return QemuHandle.attach(ProcessIdentity(record.pid, record.pid_start_time),
+                             paths.run_dir(record.id),
+                             paths.machine_dir(record.id) / "console.log", record.id)
 
 
 def _check_run_states(store: Store, paths: Paths, report: ReconcileReport) -> None:
@@ -237,11 +212,19 @@ def _check_run_states(store: Store, paths: Paths, report: ReconcileReport) -> No
     a guest stopped on a disk I/O error (``io-error``: the host disk filled up) is
     reported with its way out, since only freeing space can fix it."""
     for record in store.list_machines({MachineState.RUNNING}):
-        if record.owner is not None or not _alive(record):
+        vmm = _vmm(record, paths)
+        if record.owner is not None or vmm is None or not vmm.is_alive():
             continue
-        state = vmm_run_state(record, paths)
+        state = vmm.run_state()
         if state in ACCIDENTAL_PAUSE:
-            _continue_if_paused(record, paths, report)
+            # The store is the user's intent: a running row whose QEMU is paused was
+            # paused by accident (a save whose writer was killed between stop and cont).
+            try:
+                with vmm.qmp(timeout=5.0) as qmp:
+                    qmp.command("cont")
+                report.resumed.append(record.id)
+            except errors.SmolboxError as err:
+                log.warning("could not continue %s: %s", record.id, err)
         elif state == "io-error":
             store.update_machine(record.id, error_reason=IO_ERROR_REASON)
             report.io_errors.append(record.id)

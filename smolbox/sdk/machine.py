@@ -21,7 +21,7 @@ from smolbox.config import MachineConfig
 from smolbox.sdk.backend import Backend, Command, ShellSession
 from smolbox.sdk.files import Files
 from smolbox.sdk.models import MachineInfo, SnapshotInfo
-from smolbox.sdk.resolve import resolve_backend
+from smolbox.sdk.resolve import borrowed_backend, resolve_backend
 
 log = logging.getLogger("smolbox.sdk")
 
@@ -143,12 +143,8 @@ class Machine:
              token: str | None = None,
              states: set[str] | None = None) -> builtins.list[MachineInfo]:
         """Every machine on the backend, or those in one of ``states``."""
-        chosen, owned = resolve_backend(backend, url=url, token=token)
-        try:
+        with borrowed_backend(backend, url=url, token=token) as (chosen, _):
             return chosen.list(states)
-        finally:
-            if owned:
-                chosen.close()
 
     @classmethod
     def fork(cls, snapshot: str, count: int = 1, *, names: builtins.list[str] | None = None,
@@ -159,12 +155,8 @@ class Machine:
         Raises ``SnapshotNotFoundError``, ``CapacityExhaustedError``,
         ``VMAlreadyExistsError``, ``ValidationError``.
         """
-        chosen, owned = resolve_backend(backend, url=url, token=token)
-        try:
+        with borrowed_backend(backend, url=url, token=token) as (chosen, owned):
             infos = chosen.fork(snapshot, count, names=names, env=env)
-        finally:
-            if owned:
-                chosen.close()
         if owned:  # each clone gets its own connection to the same server
             return [cls.connect(i.id, url=url, token=token) for i in infos]
         return [cls(info, chosen) for info in infos]
@@ -174,12 +166,8 @@ class Machine:
                        url: str | None = None,
                        token: str | None = None) -> builtins.list[SnapshotInfo]:
         """Every snapshot on the backend, or those taken of machine ``vm``."""
-        chosen, owned = resolve_backend(backend, url=url, token=token)
-        try:
+        with borrowed_backend(backend, url=url, token=token) as (chosen, _):
             return chosen.list_snapshots(vm)
-        finally:
-            if owned:
-                chosen.close()
 
     # ------------------------------------------------------------------ identity
     @property

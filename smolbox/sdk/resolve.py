@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,6 +36,18 @@ def resolve_backend(backend: Backend | None = None, *, url: str | None = None,
 
         return RemoteBackend(url, token=token), True
     return default_backend(), False
+
+
+@contextmanager
+def borrowed_backend(backend: Backend | None = None, *, url: str | None = None,
+                     token: str | None = None) -> Iterator[tuple[Backend, bool]]:
+    """``resolve_backend`` for one call: a backend this call opened is closed after it."""
+    chosen, owned = resolve_backend(backend, url=url, token=token)
+    try:
+        yield chosen, owned
+    finally:
+        if owned:
+            chosen.close()
 
 
 def default_backend() -> Backend:

@@ -35,7 +35,7 @@ class BodyLimitMiddleware:
         self.app = app
         self.limit = max_body_bytes
 
-    def _refusal(self, scope: Scope, size: int | None) -> errors.PayloadTooLargeError:
+    def _refusal(self, size: int | None) -> errors.PayloadTooLargeError:
         return errors.PayloadTooLargeError(
             f"Request body is larger than the limit of {self.limit} bytes",
             details={"limit_bytes": self.limit, "declared_bytes": size},
@@ -48,7 +48,7 @@ class BodyLimitMiddleware:
         declared = _declared_length(scope)
         rid = scope.get("state", {}).get("request_id")
         if declared is not None and declared > self.limit:
-            await error_response(self._refusal(scope, declared), rid)(scope, receive, send)
+            await error_response(self._refusal(declared), rid)(scope, receive, send)
             return
         seen = 0
         too_large = False
@@ -72,7 +72,7 @@ class BodyLimitMiddleware:
             nonlocal replaced
             if too_large and message["type"] == "http.response.start" and not replaced:
                 replaced = True
-                await error_response(self._refusal(scope, None), rid)(scope, receive, send)
+                await error_response(self._refusal(None), rid)(scope, receive, send)
                 return
             if replaced:
                 return  # the route's own answer to the cut body is dropped

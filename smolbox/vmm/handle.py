@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from smolbox.errors import SmolboxError
 from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm import console
 from smolbox.vmm.migration import load_state, save_state
@@ -26,6 +27,7 @@ from smolbox.vmm.shutdown import stop_process
 from smolbox.vmm.spec import QMP_SOCKET, VMSpec
 
 SNAPSHOT_QMP_TIMEOUT = 60.0
+RUN_STATE_TIMEOUT = 5.0
 
 
 class QMPCommands(Protocol):
@@ -49,6 +51,8 @@ class VMMHandle(Protocol):
     def save_state(self, dest: Path, *, ignore_shared: bool) -> None: ...
 
     def load_state(self, src: Path, *, ignore_shared: bool) -> None: ...
+
+    def run_state(self) -> str | None: ...
 
     def drain_console(self) -> str: ...
 
@@ -101,6 +105,15 @@ class QemuHandle:
         """Load ``src`` into a QEMU started with ``incoming``; it ends paused."""
         with QMPSession(self.qmp_socket, timeout=SNAPSHOT_QMP_TIMEOUT) as session:
             load_state(session, src, ignore_shared=ignore_shared)
+
+    def run_state(self) -> str | None:
+        """QEMU's own run state (QMP ``query-status``: ``running``, ``paused``,
+        ``io-error``…), or None when QMP cannot be reached or does not answer."""
+        try:
+            with QMPSession(self.qmp_socket, timeout=RUN_STATE_TIMEOUT) as session:
+                return session.status()
+        except SmolboxError:
+            return None
 
     def drain_console(self) -> str:
         return console.drain(self.qmp_socket, self.console_log)

@@ -114,6 +114,9 @@ class FakeVMM:
         if not src.exists():
             raise errors.VMMError(f"fake load: {src} is missing")
 
+    def run_state(self) -> str | None:
+        return ("paused" if self.commands[-1:] == ["stop"] else "running") if self.alive else None
+
     def drain_console(self) -> str:
         return ""
 
