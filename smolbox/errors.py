@@ -42,6 +42,7 @@ the local engine and over HTTP alike::
     │           ├── VMFileParseError
     │           └── VMFileValidationError
     ├── RateLimitedError                        429
+    │   └── MachineBusyError
     ├── InternalError                           500
     ├── UnavailableError                        503
     │   ├── ConnectionError
@@ -66,6 +67,7 @@ the local engine and over HTTP alike::
     │   └── QMPError · SpawnError · ShutdownError · JailerError · MetricsError
     ├── GuestAgentError
     │   ├── GuestProtocolError · GuestMetadataError
+    │   ├── TransferCorruptError                502
     │   ├── GuestFileError                      400
     │   └── CommandExecutionUnavailableError    503
     ├── OperationTimeoutError                   408
@@ -87,7 +89,8 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "SmolboxError", "SmolVMError", "from_wire", "catalogue", "error_for_status", "BadRequestError",
     "MethodNotAllowedError", "PayloadTooLargeError", "AuthError", "AuthenticationError",
-    "NotFoundError", "ConflictError", "UnprocessableError", "RateLimitedError", "InternalError",
+    "NotFoundError", "ConflictError", "UnprocessableError", "RateLimitedError", "MachineBusyError",
+    "InternalError",
     "UnavailableError", "ServiceUnavailableError", "ConnectionError", "CapacityExhaustedError",
     "NodeLostError", "RequestTimeoutError", "VMAlreadyExistsError", "VMNotFoundError",
     "InvalidTransitionError", "SnapshotAlreadyExistsError", "SnapshotNotFoundError",
@@ -102,7 +105,8 @@ __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "ImageCorruptError", "ImageFileMissingError", "ImageFormatError", "OverlayCreationError",
     "RootfsError", "ImageBuildError", "VMMError", "QMPError", "VMMAPIError", "FirecrackerAPIError",
     "SpawnError", "SpawnFailedError", "ShutdownError", "JailerError", "MetricsError",
-    "GuestAgentError", "GuestProtocolError", "GuestMetadataError", "GuestFileError",
+    "GuestAgentError", "GuestProtocolError", "TransferCorruptError", "GuestMetadataError",
+    "GuestFileError",
     "GuestFileNotFoundError", "CommandExecutionUnavailableError", "OperationTimeoutError",
     "TimeoutError", "ExecutionError",
 ]
@@ -289,7 +293,16 @@ class RateLimitedError(SmolboxError):
     code, http_status, retryable = "RATE_LIMITED", 429, True
     default_help = "Wait `retry_after` seconds before trying again."
     template = "Rate limited by the smolbox server"
-    detail_attrs = ("retry_after",)
+    detail_attrs: ClassVar[tuple[str, ...]] = ("retry_after",)
+
+
+class MachineBusyError(RateLimitedError):
+    """Every slot for calls into this machine is taken (a slow or frozen guest?)."""
+    code = "MACHINE_BUSY"
+    default_help = ("Wait `retry_after` seconds; if the machine stays busy, check it with "
+                    "`smolbox info NAME` (its agent may be frozen) or restart it.")
+    template = "Machine '{vm_id}' already has {limit} calls in flight"
+    detail_attrs, message_first = ("vm_id", "limit", "retry_after"), False
 
 
 class InternalError(SmolboxError):
@@ -688,6 +701,16 @@ class GuestFileNotFoundError(GuestFileError, NotFoundError):
     """The guest path does not exist."""
     code, http_status = "GUEST_FILE_NOT_FOUND", 404
     default_help = "Check the path; list a directory with `machine.files.list()`."
+
+
+class TransferCorruptError(GuestAgentError):
+    """A file transfer's checksum did not match: the bytes changed on the way."""
+    code, http_status, retryable = "TRANSFER_CORRUPT", 502, True
+    default_help = ("Nothing was written (uploads are discarded, downloads not kept); "
+                    "retry. If it repeats, something inside the guest is writing to its "
+                    "transfer disk: delete the machine.")
+    template = "Transfer of '{path}' corrupted at byte {offset} ({transport})"
+    detail_attrs, message_first = ("path", "offset", "transport", "vm_id"), False
 
 
 class CommandExecutionUnavailableError(GuestAgentError):

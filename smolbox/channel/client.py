@@ -20,13 +20,20 @@ import re
 import signal as signals
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from smolbox import hostfiles
-from smolbox.channel.connection import Connection, HandshakeRetry, Msg, Stream, StreamKind
+from smolbox.channel.connection import (
+    Connection,
+    HandshakeRetry,
+    HandshakeTimeout,
+    Msg,
+    Stream,
+    StreamKind,
+)
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
 from smolbox.errors import (
     CommandExecutionUnavailableError,
@@ -222,14 +229,20 @@ class AgentClient:
         deadline = time.monotonic() + timeout
         accepted = False
         reason = "the agent socket was never tried"
+        garbage = 0  # bytes the last silent attempt received that were no handshake
         delay = 0.005
         while True:
             try:
                 conn = Connection.handshake(socket_path, vm_id, deadline)
                 return cls(conn, socket_path=socket_path, vm_id=vm_id)
-            except HandshakeRetry:
+            except HandshakeRetry as exc:
                 accepted = True
+                garbage = max(garbage, exc.received)
                 reason = "the agent closed or did not answer the handshake"
+            except HandshakeTimeout as exc:
+                accepted = True
+                garbage = max(garbage, exc.received)
+                reason = "the agent did not answer the handshake"
             except TimeoutError:
                 accepted = True
                 reason = "the agent did not answer the handshake"
@@ -249,6 +262,10 @@ class AgentClient:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+        if garbage:
+            raise GuestProtocolError(
+                f"The guest answered the handshake with {garbage} bytes that are not a "
+                "smolbox agent handshake", vm_id=vm_id, details={"received_bytes": garbage})
         if accepted:
             raise OperationTimeoutError("agent handshake", timeout,
                                         details={"vm_id": vm_id, "reason": reason})
@@ -272,6 +289,16 @@ class AgentClient:
     @property
     def connected(self) -> bool:
         return not self._closed and not self._conn.failed
+
+    @property
+    def keepalive_hold(self) -> Callable[[], bool] | None:
+        """While this returns True (the machine is paused on purpose) a silent agent
+        is not declared dead by the keepalive."""
+        return self._conn.keepalive_hold
+
+    @keepalive_hold.setter
+    def keepalive_hold(self, hold: Callable[[], bool] | None) -> None:
+        self._conn.keepalive_hold = hold
 
     @property
     def guest_info(self) -> dict[str, Any]:

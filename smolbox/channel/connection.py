@@ -38,6 +38,13 @@ StreamKind = Literal["simple", "exec", "write", "read"]
 
 RECV_SIZE = 1 << 20
 HANDSHAKE_ATTEMPT = 2.0  # seconds before a silent handshake is retried on a new connection
+# Liveness of a connection with operations in flight: after KEEPALIVE_INTERVAL seconds
+# without a frame from the guest the host sends a ping, and a guest that answers
+# nothing within KEEPALIVE_TIMEOUT more is declared gone.  So an operation on a dead
+# or frozen agent fails within INTERVAL + TIMEOUT seconds (20 s by default), whatever
+# its own timeout; an idle connection sends nothing (idle clones stay idle).
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 15.0
 # Frame types the guest may send on each kind of stream, and which of them end it.
 ALLOWED: dict[str, frozenset[int]] = {
     "simple": frozenset({p.REPLY, p.ERROR}),
@@ -52,7 +59,21 @@ LOST_REMEDIATION = (
 
 
 class HandshakeRetry(Exception):
-    """The peer closed during the handshake: the agent may not be up yet, try again."""
+    """The peer closed during the handshake: the agent may not be up yet, try again.
+
+    ``received`` counts the bytes that came first and were not a handshake."""
+
+    def __init__(self, received: int = 0) -> None:
+        super().__init__(f"handshake to retry ({received} other bytes received)")
+        self.received = received
+
+
+class HandshakeTimeout(TimeoutError):
+    """No handshake before the deadline; ``received`` bytes came that were not one."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"no handshake ({received} other bytes received)")
+        self.received = received
 
 
 class Msg:
@@ -159,9 +180,18 @@ class Connection:
         self._abandoned: set[int] = set()
         self._next_id = 1
         self._failure: Callable[[], GuestAgentError] | None = None
+        self._last_rx = time.monotonic()
+        self._ended = threading.Event()
+        self.keepalive_interval = KEEPALIVE_INTERVAL
+        self.keepalive_timeout = KEEPALIVE_TIMEOUT
+        # True while the guest is known to be frozen on purpose (a paused machine):
+        # silence is then expected and the keepalive waits instead of failing.
+        self.keepalive_hold: Callable[[], bool] | None = None
         self._reader = threading.Thread(target=self._read_loop, name=f"agent-reader-{vm_id}",
                                         daemon=True)
         self._reader.start()
+        threading.Thread(target=self._keepalive_loop, name=f"agent-keepalive-{vm_id}",
+                         daemon=True).start()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -192,18 +222,18 @@ class Connection:
                     return cls(sock, vm_id, hello, decoder)
                 now = time.monotonic()
                 if now >= deadline:
-                    raise TimeoutError
+                    raise HandshakeTimeout(skipped)
                 if now >= attempt_deadline:
                     # our HELLO may have been swallowed by the tail of an earlier
                     # session: a fresh connection makes the guest resynchronise
-                    raise HandshakeRetry
+                    raise HandshakeRetry(skipped)
                 sock.settimeout(min(deadline, attempt_deadline) - now)
                 try:
                     data = sock.recv(RECV_SIZE)
                 except TimeoutError:
                     continue
                 if not data:
-                    raise HandshakeRetry
+                    raise HandshakeRetry(skipped)
                 skipped += len(data)
                 if skipped > 4 * p.MAX_FRAME:
                     raise GuestProtocolError(
@@ -278,6 +308,7 @@ class Connection:
             self._failure = make
             streams = list(self._streams.values())
             self._streams.clear()
+        self._ended.set()
         for stream in streams:
             stream.credit.close()
             stream.queue.put(None)
@@ -293,6 +324,55 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    # ---------------------------------------------------------------- liveness
+    def _keepalive_loop(self) -> None:
+        """Ping a silent guest while operations wait on it; fail the connection if
+        nothing answers, so no caller (an untimed exec included) waits forever."""
+        while not self._ended.wait(self.keepalive_interval):
+            with self._lock:
+                waiting = bool(self._streams)
+            if not waiting or time.monotonic() - self._last_rx < self.keepalive_interval:
+                continue
+            hold = self.keepalive_hold
+            if hold is not None and _held(hold):
+                continue
+            try:
+                stream = self.open("simple")
+                stream.send_json(p.REQUEST, {"op": "ping"})
+            except GuestAgentError:
+                return  # the connection ended meanwhile
+            if not self._await_any_frame(stream):
+                if hold is not None and _held(hold):
+                    self.abandon(stream)
+                    continue
+                self._unresponsive()
+                return
+
+    def _await_any_frame(self, ping: Stream) -> bool:
+        """Wait for the ping's reply; any other frame also proves the guest alive."""
+        deadline = time.monotonic() + self.keepalive_timeout
+        sent = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._last_rx > sent
+            try:
+                ping.queue.get(timeout=min(remaining, 1.0))
+                return True  # the reply, or None once the connection failed
+            except queue.Empty:
+                if self._last_rx > sent:
+                    self.abandon(ping)
+                    return True
+
+    def _unresponsive(self) -> None:
+        vm_id, waited = self.vm_id, self.keepalive_interval + self.keepalive_timeout
+        self.fail(lambda: CommandExecutionUnavailableError(
+            vm_id, f"the guest agent stopped answering (nothing for {waited:g} s, "
+            "not even a keepalive ping)",
+            "The agent was killed, stopped or is starved inside the guest; smolbox "
+            "reconnects on the next call (init restarts a killed agent). If it stays "
+            "silent, restart the machine (`smolbox restart NAME`)."))
+
     # ------------------------------------------------------------------ reading
     def _read_loop(self) -> None:
         try:
@@ -306,6 +386,7 @@ class Connection:
                 if not n:
                     self.fail(self._lost)
                     return
+                self._last_rx = time.monotonic()
                 self._decoder.feed(view[:n])
                 self._route_buffered()
         except p.ProtocolViolation as exc:
@@ -369,6 +450,13 @@ class Connection:
     @staticmethod
     def _is_final(frame: p.Frame) -> bool:
         return frame.type in (p.ERROR, p.EXIT) or (frame.type == p.DATA and frame.eof)
+
+
+def _held(hold: Callable[[], bool]) -> bool:
+    try:
+        return bool(hold())
+    except Exception:  # a failing probe must not keep a dead connection alive
+        return False
 
 
 def _check_control(ftype: int, obj: dict[str, Any]) -> None:

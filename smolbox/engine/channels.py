@@ -80,17 +80,48 @@ class AgentCache:
 
     Why a cache: a handshake costs a round trip and a port claim, and the REST server
     or an SDK script runs many calls against the same machine. A connection that has
-    dropped is replaced on the next ``get``; ``forget`` closes one after a crash or
-    stop so the port is free for other processes.
+    dropped (or that its keepalive declared dead) is replaced on the next ``get``;
+    ``forget`` closes one after a crash or stop so the port is free for other
+    processes. Reconnects to one machine are serialised: fifty callers finding the same
+    dead connection make one handshake attempt, not fifty.
+
+    ``frozen(vm_id)`` says whether a machine is paused on purpose; its connections'
+    keepalive then waits instead of declaring the silent agent dead.
     """
 
-    def __init__(self, claim: Callable[..., AgentLease]) -> None:
+    def __init__(self, claim: Callable[..., AgentLease],
+                 frozen: Callable[[str], bool] | None = None) -> None:
         self._claim = claim
+        self._frozen = frozen
         self._leases: dict[str, AgentLease] = {}
         self._lock = threading.Lock()
+        self._connecting: dict[str, threading.Lock] = {}
 
     def get(self, vm_id: str, run_dir: Path, *, timeout: float = 10.0) -> AgentClient:
         """A connected client for ``vm_id`` (claiming a port when there is none)."""
+        client = self._cached(vm_id)
+        if client is not None:
+            return client
+        with self._lock:
+            connecting = self._connecting.setdefault(vm_id, threading.Lock())
+        if not connecting.acquire(timeout=timeout):
+            raise errors.CommandExecutionUnavailableError(
+                vm_id, f"another call has been reconnecting to the agent for {timeout:g} s",
+                remediation="The agent is slow to answer; retry, or restart the machine.")
+        try:
+            client = self._cached(vm_id)  # the call we waited for may have connected
+            if client is not None:
+                return client
+            lease = self._claim(run_dir, vm_id=vm_id, timeout=timeout)
+            self._watch(vm_id, lease)
+            with self._lock:
+                self._leases[vm_id] = lease
+            return lease.client
+        finally:
+            connecting.release()
+
+    def _cached(self, vm_id: str) -> AgentClient | None:
+        """The live cached client, or None after closing a dead one."""
         with self._lock:
             lease = self._leases.get(vm_id)
             if lease is not None and lease.client.connected:
@@ -98,18 +129,16 @@ class AgentCache:
             self._leases.pop(vm_id, None)
         if lease is not None:
             lease.close()
-        lease = self._claim(run_dir, vm_id=vm_id, timeout=timeout)
-        with self._lock:
-            raced = self._leases.get(vm_id)
-            if raced is None:
-                self._leases[vm_id] = lease
-        if raced is not None:  # another thread connected meanwhile: use theirs
-            lease.close()
-            return raced.client
-        return lease.client
+        return None
+
+    def _watch(self, vm_id: str, lease: AgentLease) -> None:
+        frozen = self._frozen
+        if frozen is not None:
+            lease.client.keepalive_hold = lambda: frozen(vm_id)
 
     def put(self, vm_id: str, lease: AgentLease) -> None:
         """Keep the connection a boot opened (closing any older one)."""
+        self._watch(vm_id, lease)
         with self._lock:
             old = self._leases.pop(vm_id, None)
             self._leases[vm_id] = lease
@@ -119,6 +148,7 @@ class AgentCache:
     def forget(self, vm_id: str) -> None:
         with self._lock:
             lease = self._leases.pop(vm_id, None)
+            self._connecting.pop(vm_id, None)
         if lease is not None:
             lease.close()
 

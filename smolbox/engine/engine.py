@@ -80,7 +80,7 @@ class Engine:
         self.images = ImageCatalog(self.paths)
         self.network = NetworkManager(self.store, self.paths)
         self.launcher: Launcher = launcher or QemuLauncher()
-        self.agents = AgentCache(self.launcher.claim_agent)
+        self.agents = AgentCache(self.launcher.claim_agent, frozen=self._frozen)
         self.booter = Booter(self.store, self.images, self.network, self.paths,
                              self.launcher, self.agents)
         self.snapshots = Snapshotter(self.booter, self)
@@ -281,6 +281,12 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _frozen(self, vm_id: str) -> bool:
+        """Paused on purpose: silence from its agent is expected, not a sign of a
+        dead one (a snapshot's own pause lasts milliseconds, far below the bound)."""
+        record = self.store.find_machine(vm_id)
+        return record is not None and record.state == MachineState.PAUSED
 
     def _require(self, record: MachineRecord, allowed: set[MachineState],
                  operation: str) -> None:

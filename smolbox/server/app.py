@@ -25,6 +25,7 @@ from smolbox.server.metrics import Metrics
 from smolbox.server.middleware import RequestContextMiddleware, RouteLabels
 from smolbox.server.routes import commands, files, health, machines, shell, snapshots
 from smolbox.server.settings import ServerSettings
+from smolbox.server.workers import MachineWorkers
 
 API_PREFIX = "/v1"
 
@@ -55,6 +56,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.backend = backend
+    app.state.workers = MachineWorkers(settings.max_calls_per_machine,
+                                       settings.max_machine_threads)
 
     def count_by_state() -> dict[str, int]:
         current: LocalBackend | None = app.state.backend

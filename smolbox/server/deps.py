@@ -40,7 +40,8 @@ async def call(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
 
-async def open_stream(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+async def open_stream(make: Callable[[], Iterator[T]], *,
+                      limiter: anyio.CapacityLimiter | None = None) -> AsyncIterator[T]:
     """Start ``make()`` and fetch its first item in a thread (errors raise here)."""
 
     def first() -> tuple[Iterator[T], Any]:
@@ -53,13 +54,13 @@ async def open_stream(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
                 close()
             raise
 
-    iterator, head = await anyio.to_thread.run_sync(first)
+    iterator, head = await anyio.to_thread.run_sync(first, limiter=limiter)
 
     async def rest() -> AsyncIterator[T]:
         if head is _DONE:
             return
         yield head
-        async for item in iterate_in_thread(iterator):
+        async for item in iterate_in_thread(iterator, limiter=limiter):
             yield item
 
     return rest()

@@ -30,6 +30,10 @@ class ServerSettings:
     max_upload_bytes: int = 1024 * MiB
     max_download_bytes: int = 1024 * MiB
     max_body_bytes: int = 8 * MiB  # every other request body (JSON)
+    # calls into one machine's guest at once (more get MACHINE_BUSY 429), and worker
+    # threads for all such calls together (see server/workers.py)
+    max_calls_per_machine: int = 16
+    max_machine_threads: int = 64
 
 
 def token_path(paths: Paths | None = None) -> Path:

@@ -119,9 +119,12 @@ def test_garbage_instead_of_handshake(hostile: HostileGuest) -> None:
         side.hold()
     with pytest.raises(GuestProtocolError):
         _connect(hostile, flood)
-    # a little garbage and a hang-up: nothing ever answers, which is a timeout
-    with pytest.raises(OperationTimeoutError):
+    # a little garbage and a hang-up: the guest answered, but not with a handshake
+    with pytest.raises(GuestProtocolError):
         _connect(hostile, lambda side: side.send(b"junk"), timeout=0.5)
+    # silence is not garbage: nothing ever answered, which is a (retryable) timeout
+    with pytest.raises(OperationTimeoutError):
+        _connect(hostile, lambda side: side.hold(), timeout=0.5)
 
 
 def test_stale_frames_before_the_hello_are_skipped(hostile: HostileGuest) -> None:

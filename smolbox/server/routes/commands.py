@@ -19,16 +19,18 @@ from smolbox.sdk.local import LocalBackend
 from smolbox.sdk.models import ExecEventModel, ExecRequest, ExecResultModel
 from smolbox.server.deps import backend, call, open_stream
 from smolbox.server.routes.common import ERRORS
+from smolbox.server.workers import MachineWorkers, workers
 
 router = APIRouter(prefix="/machines", tags=["commands"], responses=ERRORS)
 Backend = Annotated[LocalBackend, Depends(backend)]
+Workers = Annotated[MachineWorkers, Depends(workers)]
 VM = Annotated[str, Path(min_length=1, max_length=128, description="Machine name or id")]
 SSE = "text/event-stream"
 
 
 @router.post("/{vm}/exec", response_model=ExecResultModel, summary="Run a command")
-async def exec_command(b: Backend, vm: VM, body: ExecRequest) -> ExecResultModel:
-    result = await call(b.exec, vm, body.cmd, env=body.env, cwd=body.cwd, user=body.user,
+async def exec_command(b: Backend, w: Workers, vm: VM, body: ExecRequest) -> ExecResultModel:
+    result = await w.call(vm, b.exec, vm, body.cmd, env=body.env, cwd=body.cwd, user=body.user,
                         stdin=body.stdin_bytes(), timeout=body.timeout)
     return ExecResultModel.of(result)
 
@@ -41,8 +43,8 @@ def sse(event: str, data: str) -> bytes:
     "/{vm}/exec/stream", response_class=StreamingResponse, summary="Run a command, stream output",
     responses={200: {"description": "Server-sent events: stdout, stderr, then exit (or error)",
                      "content": {SSE: {"schema": {"type": "string"}}}}})
-async def exec_stream(b: Backend, vm: VM, body: ExecRequest) -> StreamingResponse:
-    events = await open_stream(lambda: b.exec_stream(
+async def exec_stream(b: Backend, w: Workers, vm: VM, body: ExecRequest) -> StreamingResponse:
+    events = await w.stream(vm, lambda: b.exec_stream(
         vm, body.cmd, env=body.env, cwd=body.cwd, user=body.user, stdin=body.stdin_bytes(),
         timeout=body.timeout))
 

@@ -20,13 +20,15 @@ from fastapi.responses import StreamingResponse
 from smolbox import errors
 from smolbox.sdk.local import LocalBackend
 from smolbox.sdk.models import FileStatModel
-from smolbox.server.deps import backend, call, open_stream, settings
+from smolbox.server.deps import backend, settings
 from smolbox.server.routes.common import ERRORS
 from smolbox.server.settings import ServerSettings
+from smolbox.server.workers import MachineWorkers, workers
 
 router = APIRouter(prefix="/machines", tags=["files"], responses=ERRORS)
 Backend = Annotated[LocalBackend, Depends(backend)]
 Settings = Annotated[ServerSettings, Depends(settings)]
+Workers = Annotated[MachineWorkers, Depends(workers)]
 VM = Annotated[str, Path(min_length=1, max_length=128, description="Machine name or id")]
 GuestPath = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^/",
                                  description="Absolute guest path")]
@@ -82,13 +84,14 @@ class BodyReader(io.RawIOBase):
     summary="Write a guest file (atomic, streamed body)",
     openapi_extra={"requestBody": {"required": True, "content": {
         OCTETS: {"schema": {"type": "string", "format": "binary"}}}}})
-async def write_file(request: Request, b: Backend, cfg: Settings, vm: VM, path: GuestPath,
+async def write_file(request: Request, b: Backend, w: Workers, cfg: Settings, vm: VM,
+                     path: GuestPath,
                      mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> Response:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes:
         raise too_large("upload", cfg.max_upload_bytes, int(declared))
     reader = cast(BinaryIO, BodyReader(request.stream(), cfg.max_upload_bytes))
-    await call(b.write_file, vm, path, reader, mode=mode)
+    await w.call(vm, b.write_file, vm, path, reader, mode=mode)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -97,38 +100,40 @@ async def write_file(request: Request, b: Backend, cfg: Settings, vm: VM, path: 
     summary="Read a guest file (streamed)",
     responses={200: {"description": "The file's bytes",
                      "content": {OCTETS: {"schema": {"type": "string", "format": "binary"}}}}})
-async def read_file(b: Backend, cfg: Settings, vm: VM, path: GuestPath) -> StreamingResponse:
-    info = await call(b.stat, vm, path)
+async def read_file(b: Backend, w: Workers, cfg: Settings, vm: VM,
+                    path: GuestPath) -> StreamingResponse:
+    info = await w.call(vm, b.stat, vm, path)
     if info.type == "dir":
         raise errors.GuestFileError(f"{path} is a directory", path=path,
                                     help="List it with GET .../files/list?path=…")
     if info.size > cfg.max_download_bytes:
         raise too_large("download", cfg.max_download_bytes, info.size)
-    chunks = await open_stream(lambda: b.read_file(vm, path))
+    chunks = await w.stream(vm, lambda: b.read_file(vm, path))
     return StreamingResponse(chunks, media_type=OCTETS,
                              headers={"X-Smolbox-File-Size": str(info.size)})
 
 
 @router.get("/{vm}/files/stat", response_model=FileStatModel, summary="Stat a guest path")
-async def stat(b: Backend, vm: VM, path: GuestPath) -> FileStatModel:
-    return FileStatModel.of(await call(b.stat, vm, path))
+async def stat(b: Backend, w: Workers, vm: VM, path: GuestPath) -> FileStatModel:
+    return FileStatModel.of(await w.call(vm, b.stat, vm, path))
 
 
 @router.get("/{vm}/files/list", response_model=list[FileStatModel],
             summary="List a guest directory")
-async def list_dir(b: Backend, vm: VM, path: GuestPath) -> list[FileStatModel]:
-    return [FileStatModel.of(s) for s in await call(b.list_dir, vm, path)]
+async def list_dir(b: Backend, w: Workers, vm: VM, path: GuestPath) -> list[FileStatModel]:
+    return [FileStatModel.of(s) for s in await w.call(vm, b.list_dir, vm, path)]
 
 
 @router.post("/{vm}/files/mkdir", status_code=status.HTTP_204_NO_CONTENT,
              response_class=Response, summary="Create a guest directory")
-async def mkdir(b: Backend, vm: VM, path: GuestPath, parents: bool = True) -> Response:
-    await call(b.mkdir, vm, path, parents=parents)
+async def mkdir(b: Backend, w: Workers, vm: VM, path: GuestPath, parents: bool = True) -> Response:
+    await w.call(vm, b.mkdir, vm, path, parents=parents)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/{vm}/files", status_code=status.HTTP_204_NO_CONTENT,
                response_class=Response, summary="Remove a guest path")
-async def remove(b: Backend, vm: VM, path: GuestPath, recursive: bool = False) -> Response:
-    await call(b.remove, vm, path, recursive=recursive)
+async def remove(b: Backend, w: Workers, vm: VM, path: GuestPath,
+                 recursive: bool = False) -> Response:
+    await w.call(vm, b.remove, vm, path, recursive=recursive)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -27,6 +27,7 @@ from smolbox.sdk.backend import ShellSession
 from smolbox.sdk.local import LocalBackend
 from smolbox.server.deps import call
 from smolbox.server.middleware import incoming_request_id
+from smolbox.server.workers import MachineWorkers
 
 router = APIRouter()
 POLICY_VIOLATION = 1008
@@ -54,8 +55,9 @@ async def shell(websocket: WebSocket, vm: str,
     backend: LocalBackend = websocket.app.state.backend
     try:
         _check_token(websocket)
-        session: ShellSession = await call(backend.shell, vm, command=command, rows=rows,
-                                           cols=cols)
+        machine_workers: MachineWorkers = websocket.app.state.workers
+        session: ShellSession = await machine_workers.call(
+            vm, backend.shell, vm, command=command, rows=rows, cols=cols)
     except errors.SmolboxError as err:
         err.details.setdefault("request_id", rid)
         await websocket.send_text(json.dumps({"type": "error", **err.to_dict()}))
