@@ -65,9 +65,8 @@ the local engine and over HTTP alike::
     │       OverlayCreationError · RootfsError · ImageBuildError
     ├── VMMError
     │   └── QMPError · SpawnError · ShutdownError · JailerError · MetricsError
-    ├── GuestAgentError
-    │   ├── GuestProtocolError · GuestMetadataError
-    │   ├── TransferCorruptError                502
+    ├── GuestAgentError                         502
+    │   ├── GuestProtocolError · GuestMetadataError · TransferCorruptError
     │   ├── GuestFileError                      400
     │   └── CommandExecutionUnavailableError    503
     ├── OperationTimeoutError                   408
@@ -671,8 +670,9 @@ class MetricsError(VMMError):
 
 
 class GuestAgentError(SmolboxError):
-    """The in-guest agent failed or misbehaved."""
-    code = "GUEST_AGENT_ERROR"
+    """The in-guest agent failed or misbehaved (502: the guest is the server's upstream,
+    and a broken guest is not a smolbox bug)."""
+    code, http_status = "GUEST_AGENT_ERROR", 502
     default_help = "Read the console tail with `smolbox logs NAME`; restart the machine."
     detail_attrs: ClassVar[tuple[str, ...]] = ("vm_id",)
 
@@ -709,7 +709,7 @@ class TransferCorruptError(GuestAgentError):
     default_help = ("Nothing was written (uploads are discarded, downloads not kept); "
                     "retry. If it repeats, something inside the guest is writing to its "
                     "transfer disk: delete the machine.")
-    template = "Transfer of '{path}' corrupted at byte {offset} ({transport})"
+    template = "Transfer of '{path}' was corrupted on the way ({transport})"
     detail_attrs, message_first = ("path", "offset", "transport", "vm_id"), False
 
 

@@ -20,6 +20,7 @@ import re
 import signal as signals
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +43,7 @@ from smolbox.errors import (
     GuestFileNotFoundError,
     GuestProtocolError,
     OperationTimeoutError,
+    TransferCorruptError,
     ValidationError,
 )
 from smolbox.guest import protocol as p
@@ -325,6 +327,9 @@ class AgentClient:
         if kind == "protocol":
             return GuestProtocolError(f"{operation}: the guest rejected a frame: {message}",
                                       vm_id=self.vm_id)
+        if kind == "integrity":
+            return TransferCorruptError(str(path), None, operation, self.vm_id,
+                                        details={"guest_message": message})
         if err == errno.ENOENT:
             return GuestFileNotFoundError(f"{operation}: {path or ''}: {message}",
                                           path=path, errno=err, vm_id=self.vm_id)
@@ -522,6 +527,8 @@ class AgentClient:
                                   field="mode", value=mode)
         source: BinaryIO = (io.BytesIO(bytes(data)) if isinstance(data, bytes | bytearray)
                             else data)
+        with_crc = self.supports("crc32")
+        crc = 0
         stream = self._open("write")
         try:
             stream.send_json(p.REQUEST, {"op": "write_file", "path": path, "mode": mode})
@@ -532,8 +539,13 @@ class AgentClient:
                     raise GuestFileError(f"write_file: reading the source failed: {exc}",
                                          path=path, errno=exc.errno, vm_id=self.vm_id) from None
                 if not chunk:
-                    stream.send(p.DATA, b"", p.FLAG_EOF)
+                    if with_crc:  # the guest renames the file into place only on a match
+                        stream.send(p.DATA, p.CRC.pack(crc), p.FLAG_EOF | p.FLAG_CRC)
+                    else:
+                        stream.send(p.DATA, b"", p.FLAG_EOF)
                     break
+                if with_crc:
+                    crc = zlib.crc32(chunk, crc)
                 try:
                     if not stream.credit.take(len(chunk), time.monotonic() + self.op_timeout):
                         break  # the guest ended the stream (an error is queued)
@@ -551,17 +563,23 @@ class AgentClient:
     def read_file_stream(self, path: str) -> Iterator[bytes]:
         """A guest file's content in chunks; the guest never runs far ahead of you."""
         check_guest_path(path)
+        with_crc = self.supports("crc32")
         stream = self._open("read")
         try:
             stream.send_json(p.REQUEST, {"op": "read_file", "path": path,
-                                         "window": READ_WINDOW})
+                                         "window": READ_WINDOW, "crc": with_crc})
         except BaseException:
             stream.abandon()
             raise
-        return self._read_chunks(stream)
+        return self._read_chunks(stream, path, with_crc)
 
-    def _read_chunks(self, stream: Stream) -> Iterator[bytes]:
+    def _read_chunks(self, stream: Stream, path: str, with_crc: bool) -> Iterator[bytes]:
+        """The file's chunks; with ``with_crc`` the last frame carries the guest's
+        CRC-32 of the whole file, and a mismatch raises after the last chunk (callers
+        that keep the bytes, like ``download``, then discard them)."""
         consumed = 0
+        crc = 0
+        size = 0
         try:
             while True:
                 msg = stream.get(time.monotonic() + self.op_timeout, "read_file",
@@ -569,7 +587,13 @@ class AgentClient:
                 if msg.type == p.ERROR:
                     assert msg.obj is not None
                     raise self._guest_error(msg.obj, "read_file")
+                if msg.eof and with_crc:
+                    self._check_read_crc(msg, crc, size, path)
+                    return
                 if msg.payload:
+                    if with_crc:
+                        crc = zlib.crc32(msg.payload, crc)
+                    size += len(msg.payload)
                     yield msg.payload
                     consumed += len(msg.payload)
                 if msg.eof:
@@ -580,6 +604,13 @@ class AgentClient:
         finally:
             if not stream.done:
                 stream.abandon()
+
+    def _check_read_crc(self, msg: Msg, crc: int, size: int, path: str) -> None:
+        if not msg.flags & p.FLAG_CRC or len(msg.payload) != p.CRC.size:
+            raise GuestProtocolError("read_file: the guest's last frame carries no checksum",
+                                     vm_id=self.vm_id)
+        if p.CRC.unpack(msg.payload)[0] != crc:
+            raise TransferCorruptError(path, size, "stream", self.vm_id)
 
     def read_file(self, path: str) -> bytes:
         return b"".join(self.read_file_stream(path))

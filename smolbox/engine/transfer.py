@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -55,18 +56,39 @@ def download_chunks(client: AgentClient, xfer_path: Path, guest_path: str
 
 
 def _chunks(client: AgentClient, lock_fd: int, guest_path: str) -> Iterator[bytes]:
+    """Each chunk is checked against the CRC-32 the agent computed of what it copied
+    onto the disk: bytes that changed on the way (another writer of the device, a
+    stale page) raise ``TransferCorruptError`` instead of landing in the file."""
+    with_crc = client.supports("crc32")
     try:
         offset = 0
         while True:
-            got = int(client.request("xfer_read", path=guest_path, file_offset=offset,
-                                     length=CHUNK, disk_offset=0)["read"])
+            reply = client.request("xfer_read", path=guest_path, file_offset=offset,
+                                   length=CHUNK, disk_offset=0)
+            got = _reply_int(client, reply, "read", CHUNK)
             if got:
-                yield os.pread(lock_fd, got, 0)
+                chunk = os.pread(lock_fd, got, 0)
+                if len(chunk) != got or (with_crc and zlib.crc32(chunk) != _reply_int(
+                        client, reply, "crc32", 0xFFFFFFFF)):
+                    raise errors.TransferCorruptError(guest_path, offset, "transfer-disk",
+                                                      client.vm_id)
+                yield chunk
                 offset += got
             if got < CHUNK:
                 return
     finally:
         os.close(lock_fd)
+
+
+def _reply_int(client: AgentClient, reply: dict[str, object], key: str, limit: int) -> int:
+    """A field of an agent reply that must be an integer in [0, limit]: anything else
+    (a negative, 2**40, "abc") is the guest breaking the protocol."""
+    value = reply.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise errors.GuestProtocolError(
+            f"The agent's reply field {key!r} is {str(value)[:40]!r}, not an integer "
+            f"between 0 and {limit}", vm_id=client.vm_id, details={"field": key})
+    return value
 
 
 def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
@@ -77,7 +99,10 @@ def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
     if lock_fd is None:
         return False
     try:
-        token = str(client.request("xfer_begin", path=guest_path, mode=mode)["token"])
+        token = client.request("xfer_begin", path=guest_path, mode=mode).get("token")
+        if not isinstance(token, str) or not token:
+            raise errors.GuestProtocolError("The agent's xfer_begin reply has no token",
+                                            vm_id=client.vm_id)
         try:
             offset = 0
             while True:
@@ -91,7 +116,7 @@ def upload_via_disk(client: AgentClient, xfer_path: Path, source: BinaryIO,
                     break
                 os.pwrite(lock_fd, chunk, 0)
                 client.request("xfer_chunk", token=token, disk_offset=0, file_offset=offset,
-                               length=len(chunk))
+                               length=len(chunk), crc32=zlib.crc32(chunk))
                 offset += len(chunk)
             client.request("xfer_commit", token=token)
         except BaseException:

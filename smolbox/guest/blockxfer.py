@@ -25,6 +25,7 @@ import mmap
 import os
 import stat as statmod
 import threading
+import zlib
 from typing import Any
 
 from smolbox.guest.session import OpError
@@ -146,6 +147,11 @@ def op_xfer_chunk(req: dict[str, Any]) -> dict[str, Any]:
             if got < length:
                 raise OpError(f"transfer disk returned {got} of {length} bytes",
                               err=errno.EIO, path=upload.path)
+            expected = req.get("crc32")
+            if expected is not None and zlib.crc32(view[:length]) != expected:
+                raise OpError(f"CRC-32 mismatch in the chunk at byte {file_offset}: the "
+                              "transfer disk does not hold what the host wrote",
+                              kind="integrity", path=upload.path)
             end = file_offset + length
             if upload.direct_fd >= 0 and file_offset % ALIGN == 0:
                 # Whole aligned blocks (the tail padded with whatever the buffer holds);
@@ -228,6 +234,7 @@ def op_xfer_read(req: dict[str, Any]) -> dict[str, Any]:
                 raise OpError.from_os(exc, path) from None
             finally:
                 os.close(fd)
+            crc = zlib.crc32(view[:got])  # what the host must find on the disk
             if got:
                 try:
                     out = os.open(device, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -241,7 +248,7 @@ def op_xfer_read(req: dict[str, Any]) -> dict[str, Any]:
                     os.close(out)
         finally:
             view.release()
-    return {"read": got, "size": size}
+    return {"read": got, "size": size, "crc32": crc}
 
 
 XFER_OPS = {

@@ -14,6 +14,7 @@ import errno
 import os
 import stat as statmod
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -61,14 +62,20 @@ class FileWriter(Handler):
 
     def _run(self) -> None:
         size = 0
+        crc = 0
         try:
             while True:
                 frame = self.inbox.get()
                 if frame is None:
                     raise OpError("transfer cancelled", kind="cancelled")
+                if frame.eof and frame.flags & p.FLAG_CRC:
+                    self.inbox.consumed_bytes(len(frame.payload))
+                    _check_crc(frame.payload, crc, size, self.path)
+                    break
                 view = memoryview(frame.payload)
                 while view:
                     view = view[os.write(self.fd, view):]
+                crc = zlib.crc32(frame.payload, crc)
                 size += len(frame.payload)
                 self.inbox.consumed_bytes(len(frame.payload))
                 if frame.eof:
@@ -90,6 +97,16 @@ class FileWriter(Handler):
         self.session.send_json(p.REPLY, self.stream, {"size": size})
 
 
+def _check_crc(payload: bytes | bytearray, crc: int, size: int, path: str) -> None:
+    """The host's CRC-32 of the whole file against what arrived here."""
+    if len(payload) != p.CRC.size:
+        raise OpError("checksum frame of the wrong size", kind="protocol")
+    expected = p.CRC.unpack(payload)[0]
+    if expected != crc:
+        raise OpError(f"CRC-32 mismatch after {size} bytes: the host sent {expected:08x}, "
+                      f"{crc:08x} arrived", kind="integrity", path=path)
+
+
 class FileReader(Handler):
     """Sends a file in big chunks, as fast as the host's credit allows."""
 
@@ -98,6 +115,7 @@ class FileReader(Handler):
         self.stream = stream
         self.path = _abs(req)
         self.credit = Credit(int(req.get("window", p.WRITE_WINDOW)))
+        self.with_crc = req.get("crc") is True
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -122,16 +140,23 @@ class FileReader(Handler):
         try:
             buf = bytearray(p.DATA_CHUNK)  # reused: each send completes before the next read
             view = memoryview(buf)
+            crc = 0
             while True:
                 n = os.readv(self.fd, [view])
                 if not n:
                     break
+                if self.with_crc:
+                    crc = zlib.crc32(view[:n], crc)
                 if not self.credit.take(n):
                     return
                 if not self.session.send_parts(p.DATA, self.stream, view[:n]):
                     return
             self.session.forget(self.stream)
-            self.session.send_parts(p.DATA, self.stream, b"", p.FLAG_EOF)
+            if self.with_crc:
+                self.session.send_parts(p.DATA, self.stream, p.CRC.pack(crc),
+                                        p.FLAG_EOF | p.FLAG_CRC)
+            else:
+                self.session.send_parts(p.DATA, self.stream, b"", p.FLAG_EOF)
         except OSError as exc:
             self.session.error(self.stream, OpError.from_os(exc, self.path))
         finally:

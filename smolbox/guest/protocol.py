@@ -44,6 +44,10 @@ SIGNAL = 11  # control: host -> guest {"signal": n}
 CANCEL = 12  # control: host abandons a stream; guest stops work on it
 
 FLAG_EOF = 0x1
+# On a file transfer's final DATA frame (with FLAG_EOF): the payload is not file data
+# but the CRC-32 of the whole file (4 bytes, big-endian), checked by the receiver.
+FLAG_CRC = 0x2
+CRC = struct.Struct("!I")
 
 CONTROL_TYPES = frozenset({HELLO, REQUEST, REPLY, ERROR, EXIT, SIGNAL, CANCEL})
 DATA_TYPES = frozenset({STDOUT, STDERR, STDIN, DATA, CREDIT_FRAME})
@@ -51,7 +55,7 @@ KNOWN_TYPES = CONTROL_TYPES | DATA_TYPES
 
 CAPABILITIES = (
     "exec", "stream", "spawn", "attach", "signal", "files", "env", "identity", "shutdown",
-    "blockxfer", "blockxfer-read",
+    "blockxfer", "blockxfer-read", "crc32",
 )
 
 
