@@ -11,13 +11,14 @@ differ only in where the guest bytes come from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from smolbox import errors
+from smolbox import errormap, errors
 
 
 @contextlib.contextmanager
@@ -50,17 +51,27 @@ def write_atomically(chunks: Iterable[bytes], host_path: str | os.PathLike[str],
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".smolbox-part",
                                    dir=target.parent)
     except OSError as exc:
-        raise errors.ValidationError(f"Cannot write into {target.parent}: {exc.strerror}",
-                                     field=field, value=str(host_path)) from None
+        raise _write_error(exc, f"Cannot write into {target.parent}", target, field,
+                           host_path) from None
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
         os.replace(tmp, target)
     except OSError as exc:
-        raise errors.ValidationError(f"Cannot write host file {target}: {exc.strerror}",
-                                     field=field, value=str(host_path)) from None
+        raise _write_error(exc, f"Cannot write host file {target}", target, field,
+                           host_path) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return target
+
+
+def _write_error(exc: OSError, what: str, target: Path, field: str,
+                 host_path: str | os.PathLike[str]) -> errors.SmolboxError:
+    """A full disk is the host's problem (DISK_SPACE_LOW with the free space); any
+    other failure means the caller named a path it cannot write (a validation error)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errormap.translate(exc, operation="download", path=str(target))
+    return errors.ValidationError(f"{what}: {exc.strerror}", field=field,
+                                  value=str(host_path))

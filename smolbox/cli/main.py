@@ -13,7 +13,7 @@ import click
 import typer
 from typer.exceptions import TyperException
 
-from smolbox import errors
+from smolbox import errormap, errors
 from smolbox.cli import render
 from smolbox.cli.app import OPTIONS, app
 
@@ -41,6 +41,10 @@ def main() -> None:
     except errors.SmolboxError as err:
         render.render_error(err, OPTIONS.json)
         sys.exit(render.exit_code_for(err))
+    except errormap.FOREIGN as foreign:  # a full disk, no memory: still a coded error
+        mapped = errormap.translate(foreign, operation="smolbox")
+        render.render_error(mapped, OPTIONS.json)
+        sys.exit(render.exit_code_for(mapped))
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:

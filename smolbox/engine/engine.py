@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from smolbox import errors, hostfiles
+from smolbox import errormap, errors, hostfiles
 from smolbox.channel import AgentClient
 from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MachineConfig
@@ -298,7 +298,13 @@ class Engine:
         """The agent of a running machine; a dead VMM becomes ``VMCrashedError``."""
         record = self.get(vm)
         self._require(record, {MachineState.RUNNING}, operation)
-        client = self.agents.get(record.id, self.layout(record.id).run_dir)
+        if record.error_reason is not None:  # reconcile saw it stuck: fail fast if still so
+            self._raise_if_stuck(record)
+        try:
+            client = self.agents.get(record.id, self.layout(record.id).run_dir)
+        except (errors.CommandExecutionUnavailableError, errors.OperationTimeoutError):
+            self._raise_if_stuck(record)
+            raise
         try:
             yield client
         except errors.CommandExecutionUnavailableError:
@@ -306,7 +312,27 @@ class Engine:
             crashed = self.booter.crash_of(record)
             if crashed is not None:
                 raise crashed from None
+            self._raise_if_stuck(record)
             raise
+
+    def _raise_if_stuck(self, record: MachineRecord) -> None:
+        """A silent agent on a VMM that QEMU itself stopped is that stop, named: a full
+        host disk (``io-error``) is DISK_SPACE_LOW with the free space and the way out."""
+        vmm = self.booter.handle_of(record)
+        status = vmm.run_state() if vmm is not None else None
+        if status not in STUCK_STATES:
+            return
+        details = {"vm_id": record.name, "id": record.id, "vmm_status": status}
+        if status == "io-error":
+            where = self.layout(record.id).machine_dir
+            raise errors.DiskSpaceError(
+                f"Machine '{record.name}' is frozen: QEMU stopped it on a disk I/O error "
+                "(the host disk is probably full)", path=str(where),
+                free_bytes=errormap.free_bytes(where), details=details,
+                help=STUCK_STATES[status])
+        raise errors.CommandExecutionUnavailableError(
+            record.name, f"QEMU reports '{status}' instead of running",
+            STUCK_STATES[status], details=details)
 
     def exec(self, vm: str, cmd: list[str] | str, **options: Any) -> ExecResult:
         with self.guest(vm, "exec") as agent:

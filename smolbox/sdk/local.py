@@ -14,6 +14,7 @@ from typing import BinaryIO
 from smolbox.channel.types import ExecEvent, ExecResult, FileStat
 from smolbox.config import MachineConfig
 from smolbox.engine.engine import Engine
+from smolbox.errormap import translating_methods
 from smolbox.paths import Paths
 from smolbox.sdk.backend import Command, ShellSession
 from smolbox.sdk.models import MachineInfo, SnapshotInfo
@@ -21,8 +22,12 @@ from smolbox.sdk.pty import AgentShell
 from smolbox.store.states import MachineState
 
 
+@translating_methods
 class LocalBackend:
     """Machines on this host through :class:`smolbox.engine.engine.Engine`.
+
+    Every public method passes foreign exceptions (``OSError``, ``MemoryError``…)
+    through :mod:`smolbox.errormap`, so SDK users only ever see catalogue errors.
 
     Pass ``engine`` to share one (it is then not closed by :meth:`close`);
     otherwise one is opened on ``paths`` (default: from the environment).
@@ -86,7 +91,7 @@ class LocalBackend:
 
     def logs(self, vm: str, *, follow: bool = False) -> Iterator[str]:
         """The serial console's text. Raises ``VMNotFoundError``."""
-        return self.engine.logs(vm, follow=follow)
+        yield from self.engine.logs(vm, follow=follow)
 
     # ---------------------------------------------------------------- commands
     def exec(self, vm: str, cmd: Command, *, env: dict[str, str] | None = None,
@@ -103,7 +108,7 @@ class LocalBackend:
                     stdin: bytes | None = None,
                     timeout: float | None = None) -> Iterator[ExecEvent]:
         """Output events as they arrive, then ``exit``. Raises what :meth:`exec` raises."""
-        return self.engine.exec_stream(vm, cmd, env=env, cwd=cwd, user=user, stdin=stdin,
+        yield from self.engine.exec_stream(vm, cmd, env=env, cwd=cwd, user=user, stdin=stdin,
                                        timeout=timeout)
 
     def shell(self, vm: str, *, command: builtins.list[str] | None = None, rows: int = 24,

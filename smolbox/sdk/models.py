@@ -48,6 +48,8 @@ class MachineInfo(_Wire):
     source_snapshot: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     warnings: list[MachineWarning] = Field(default_factory=list)
+    # QEMU's own run state (``running``, ``paused``, ``io-error``…), from ``info`` only
+    vmm_status: str | None = None
 
     @classmethod
     def from_record(cls, record: MachineRecord) -> MachineInfo:

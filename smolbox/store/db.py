@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from smolbox import errors
-from smolbox.store import schema
+from smolbox.store import reserve, schema
 from smolbox.store.errors import translate
 
 DEFAULT_BUSY_TIMEOUT_S = 10.0
@@ -56,6 +56,19 @@ class Database:
                 details={"path": str(path.parent)},
                 help="Point SMOLBOX_HOME at a directory this user can write.",
             ) from None
+        try:
+            db = cls._connect(path, busy_timeout_s, target_version)
+        except errors.DiskSpaceError:  # a full disk: borrow the reserve (store/reserve.py)
+            if not reserve.release(path.parent):
+                raise
+            db = cls._connect(path, busy_timeout_s, target_version)
+            reserve.give_back(path.parent)
+        reserve.ensure(path.parent)
+        return db
+
+    @classmethod
+    def _connect(cls, path: Path, busy_timeout_s: float, target_version: int | None
+                 ) -> Database:
         try:
             conn = sqlite3.connect(
                 str(path), timeout=busy_timeout_s, isolation_level=None,
@@ -105,6 +118,10 @@ class Database:
                 return self.conn.execute(sql, params).rowcount
             except sqlite3.Error as err:
                 raise translate(err, self.path, operation) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
 
     @contextmanager
     def write(self, operation: str = "write") -> Iterator[None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from smolbox import errors
+from smolbox import errormap, errors
 
 _BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 _FULL = ("SQLITE_FULL",)
@@ -34,6 +34,13 @@ def _name(err: sqlite3.Error) -> str:
     return "SQLITE_ERROR"
 
 
+def _disk_full(path: Path) -> bool:
+    """An I/O error on a disk with (almost) no space left is that disk being full
+    (growing ``-shm`` fails as SQLITE_IOERR_SHMSIZE, not SQLITE_FULL)."""
+    free = errormap.free_bytes(path.parent)
+    return free is not None and free < (1 << 20)
+
+
 def translate(err: sqlite3.Error, path: Path, operation: str) -> errors.SmolboxError:
     """The catalogue error for ``err`` raised while doing ``operation`` on ``path``."""
     name = _name(err)
@@ -46,9 +53,11 @@ def translate(err: sqlite3.Error, path: Path, operation: str) -> errors.SmolboxE
             help="Retry; if it persists, look for a hung smolbox process holding "
                  f"{path} (e.g. `fuser {path}`).",
         )
-    if name.startswith(_FULL):
+    if name.startswith(_FULL) or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
+        free = errormap.free_bytes(path.parent)
         return errors.DiskSpaceError(
-            f"The disk holding the smolbox store is full ({operation})", details=details,
+            f"The disk holding the smolbox store is full ({operation})", path=str(path.parent),
+            free_bytes=free, details=details,
         )
     if name.startswith(_ACCESS):
         return errors.HostError(

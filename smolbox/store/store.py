@@ -10,16 +10,19 @@ untouched.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import ipaddress
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from smolbox import errors
 from smolbox.store import leases as lease_pool
+from smolbox.store import reserve
 from smolbox.store.db import DEFAULT_BUSY_TIMEOUT_S, Database
 from smolbox.store.records import (
     MACHINE_FIELDS,
@@ -38,6 +41,9 @@ from smolbox.store.states import MachineState, check_transition, require_state
 
 __all__ = ["Store"]
 
+T = TypeVar("T")
+S = TypeVar("S", bound=type)
+
 _MACHINE_COLUMNS = (
     "id", "name", "state", "config", "image_ref", "image_version", "accelerator", "pid",
     "pid_start_time", "run_dir", "created_at", "updated_at", "error_reason",
@@ -45,11 +51,39 @@ _MACHINE_COLUMNS = (
 )
 
 
+def _retry_on_full_disk(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a store method again, once, with the disk reserve borrowed, when it failed
+    because the disk is full: so ``rm`` can record a delete on a full disk. Only an
+    outermost call retries (a nested one is part of its caller's transaction)."""
+    @functools.wraps(method)
+    def call(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except errors.DiskSpaceError:
+            if self._db.in_transaction or not reserve.release(self._db.path.parent):
+                raise
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            reserve.give_back(self._db.path.parent)
+    return call
+
+
+def _retrying(cls: S) -> S:
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member) and name not in (
+                "open", "close", "write"):
+            setattr(cls, name, _retry_on_full_disk(member))
+    return cls
+
+
+@_retrying
 class Store:
     """SQLite-backed records of everything smolbox created on this host.
 
     Safe to share between the threads of one process; every process opens its
-    own ``Store`` on the same file and SQLite's locks serialise the writers.
+    own ``Store`` on the same file and SQLite's locks serialise the writers. A method
+    that fails on a full disk is retried once on the disk reserve (store/reserve.py).
     """
 
     def __init__(self, db: Database) -> None:
