@@ -158,15 +158,17 @@ class Engine:
                 help="Copy files in with the files API (`smolbox cp`, `machine.files`).",
             )
         self.network.validate(config)
-        admit(self.store, config)
+        admit(self.store, config)  # refuse early, before the image is even looked up
         image = self.images.get(config.image)
         vm_id = new_machine_id()
         layout = self.layout(vm_id)
-        self.store.insert_machine(MachineRecord(
-            id=vm_id, name=config.name or vm_id, config=config.model_dump(mode="json"),
-            image_ref=image.name, image_version=image.version, run_dir=str(layout.run_dir),
-            owner=owner_token(), operation="create",
-        ))
+        with self.store.write():  # again with the row: concurrent creates cannot overshoot
+            admit(self.store, config)
+            self.store.insert_machine(MachineRecord(
+                id=vm_id, name=config.name or vm_id, config=config.model_dump(mode="json"),
+                image_ref=image.name, image_version=image.version,
+                run_dir=str(layout.run_dir), owner=owner_token(), operation="create",
+            ))
         try:
             layout.create()
             if start and config.uses_template:

@@ -200,13 +200,16 @@ class Snapshotter:
             base["env"] = {**base.get("env", {}), **env}
         configs = [MachineConfig.model_validate({**base, "name": names[i] if names else None})
                    for i in range(count)]
-        admit(self.booter.store, configs[0], count)
         # Every clone carries this operation until all are up, so a fork whose process
-        # dies half-way is undone as a whole by reconcile.
+        # dies half-way is undone as a whole by reconcile. Admission and all rows are
+        # one transaction: two concurrent forks cannot both pass the caps.
         operation = f"fork:{secrets.token_hex(4)}"
+        with self.booter.store.write():
+            admit(self.booter.store, configs[0], count)
+            ids = [self._clone_row(snap, config, operation) for config in configs]
         with ThreadPoolExecutor(max_workers=min(count, FORK_WORKERS)) as pool:
-            outcomes = list(pool.map(lambda c: self._clone_or_error(snap, c, operation),
-                                     configs))
+            outcomes = list(pool.map(lambda pair: self._boot_clone_or_error(snap, *pair),
+                                     zip(configs, ids, strict=True)))
         made = [o for o in outcomes if isinstance(o, MachineRecord)]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
@@ -216,33 +219,36 @@ class Snapshotter:
         store = self.booter.store
         return [store.update_machine(r.id, owner=None, operation=None) for r in made]
 
-    def _clone_or_error(self, snap: SnapshotRecord, config: MachineConfig,
-                        operation: str) -> MachineRecord | BaseException:
+    def _boot_clone_or_error(self, snap: SnapshotRecord, config: MachineConfig,
+                             vm_id: str) -> MachineRecord | BaseException:
         try:
-            return self.clone(snap, config, operation)
+            return self._boot_clone(snap, config, vm_id)
         except BaseException as err:
             return err
 
-    def clone(self, snap: SnapshotRecord, config: MachineConfig,
-              operation: str) -> MachineRecord:
-        """One new machine restored from ``snap`` (row first, so a crash is visible);
-        it stays owned by ``operation`` until the caller clears it."""
-        store = self.booter.store
+    def _clone_row(self, snap: SnapshotRecord, config: MachineConfig, operation: str) -> str:
+        """The new clone's row (first, so a crash is visible), owned by ``operation``
+        until the caller clears it."""
         vm_id = new_machine_id()
-        layout = self.booter.layout(vm_id)
-        store.insert_machine(MachineRecord(
+        self.booter.store.insert_machine(MachineRecord(
             id=vm_id, name=config.name or vm_id, config=config.model_dump(mode="json"),
             image_ref=snap.manifest["image"], image_version=snap.manifest["image_version"],
-            run_dir=str(layout.run_dir), source_snapshot=snap.name,
+            run_dir=str(self.booter.layout(vm_id).run_dir), source_snapshot=snap.name,
             owner=owner_token(), operation=operation,
         ))
+        return vm_id
+
+    def _boot_clone(self, snap: SnapshotRecord, config: MachineConfig,
+                    vm_id: str) -> MachineRecord:
+        """Restore ``snap`` into the clone whose row ``_clone_row`` made."""
+        layout = self.booter.layout(vm_id)
         try:
             layout.create()
             self.booter.from_snapshot(vm_id, config, snap, layout)
         except BaseException:
             self.booter.discard(vm_id)
             raise
-        return store.get_machine(vm_id)
+        return self.booter.store.get_machine(vm_id)
 
     def restore(self, record: MachineRecord, snapshot: str) -> MachineRecord:
         """Put an existing machine back to a snapshot's RAM, devices and disk."""

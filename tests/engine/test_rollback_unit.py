@@ -304,3 +304,35 @@ def test_admission_refuses_before_anything_is_made(engine: Engine, launcher: Fak
     assert leftovers(engine, launcher, keep={source.id}) == {}
     engine.delete(source.id)
     engine.delete_snapshot("shape")
+
+
+def test_concurrent_creates_cannot_overshoot_the_machine_cap(
+        paths: Paths, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caps are checked in the same transaction as the row insert: of 8 creates racing
+    for 3 slots (each in its own engine, as separate processes would be), exactly 3
+    win and the others get CAPACITY_EXHAUSTED."""
+    monkeypatch.setenv("SMOLBOX_MAX_MACHINES", "3")
+    engines = [Engine(paths, launcher=launcher) for _ in range(8)]
+    barrier = threading.Barrier(len(engines))
+    outcomes: list[object] = []
+
+    def create(eng: Engine) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(eng.create(MachineConfig(**SMALL, from_template=False)))
+        except errors.SmolboxError as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=create, args=(eng,)) for eng in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        made = [o for o in outcomes if not isinstance(o, errors.SmolboxError)]
+        refused = [o for o in outcomes if isinstance(o, errors.CapacityExhaustedError)]
+        assert len(made) == 3 and len(refused) == 5, outcomes
+        assert len(engines[0].list_machines()) == 3
+    finally:
+        for eng in engines:
+            eng.close()
