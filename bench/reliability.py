@@ -301,13 +301,28 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--soak", type=int, default=0, help="create/exec/delete cycles")
+    parser.add_argument("--clients", type=int, default=0, help="concurrent REST clients")
+    parser.add_argument("--hostile", action="store_true",
+                        help="a guest freezing its agent under 50 untimed execs")
     args = parser.parse_args()
-    outcomes = run(args.kills, args.seed)
-    result = {"summary": summary(outcomes), "outcomes": [asdict(o) for o in outcomes]}
-    print(json.dumps(result["summary"], indent=2))
+    outcomes = run(args.kills, args.seed) if args.kills else []
+    result: dict[str, Any] = {"summary": summary(outcomes),
+                              "outcomes": [asdict(o) for o in outcomes]}
+    if args.soak or args.clients or args.hostile:
+        from bench import reliability_load as load  # needs the harness defined above
+        with harness() as h:
+            if args.soak:
+                result["soak"] = load.soak(h, args.soak)
+            if args.clients:
+                result["concurrent_clients"] = load.concurrent_clients(h, args.clients)
+            if args.hostile:
+                result["frozen_agent"] = load.frozen_agent(h)
+    print(json.dumps({k: v for k, v in result.items() if k != "outcomes"}, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
-    sys.exit(0 if result["summary"]["leaks_or_failures"] == 0 else 1)
+    leaks = sum(len(part.get("leaks", [])) for part in result.values() if isinstance(part, dict))
+    sys.exit(0 if result["summary"]["leaks_or_failures"] == 0 and not leaks else 1)
 
 
 if __name__ == "__main__":
