@@ -18,6 +18,8 @@ import pytest
 
 from smolbox.channel import AgentClient
 
+from .hostile import HostileGuest
+
 
 class AgentProcess:
     """One agent serving a unix socket in a private temp dir (short path: 107-byte limit)."""
@@ -74,3 +76,12 @@ def scratch(client: AgentClient) -> Iterator[str]:
     yield path
     with contextlib.suppress(Exception):
         shutil.rmtree(path)
+
+
+@pytest.fixture()
+def hostile() -> Iterator[HostileGuest]:
+    """A fake guest agent that breaks the protocol on purpose (see ``hostile.py``)."""
+    guest = HostileGuest()
+    yield guest
+    guest.close()
+    assert not guest.errors

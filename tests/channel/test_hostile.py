@@ -22,14 +22,6 @@ from smolbox.guest import protocol as p
 from .hostile import GuestSide, HostileGuest, jframe, raw_frame
 
 
-@pytest.fixture()
-def hostile() -> Iterator[HostileGuest]:
-    guest = HostileGuest()
-    yield guest
-    guest.close()
-    assert not guest.errors
-
-
 def _connect(guest: HostileGuest, script: Callable[[GuestSide], None],
              timeout: float = 5.0) -> AgentClient:
     guest.scripts.put(script)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -18,14 +18,10 @@ from .hostile import GuestSide, HostileGuest, jframe
 INTERVAL, TIMEOUT = 0.2, 0.6
 
 
-@pytest.fixture()
-def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileGuest]:
+@pytest.fixture(autouse=True)
+def short_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection, "KEEPALIVE_INTERVAL", INTERVAL)
     monkeypatch.setattr(connection, "KEEPALIVE_TIMEOUT", TIMEOUT)
-    guest = HostileGuest()
-    yield guest
-    guest.close()
-    assert not guest.errors
 
 
 def _connect(guest: HostileGuest, script: Callable[[GuestSide], None]) -> AgentClient:

@@ -9,7 +9,7 @@ never hand back a silently wrong file.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,14 +22,6 @@ from smolbox.guest import protocol as p
 from .hostile import GuestSide, HostileGuest, jframe, raw_frame
 
 CAPS = ["blockxfer", "blockxfer-read", "crc32"]
-
-
-@pytest.fixture()
-def hostile() -> Iterator[HostileGuest]:
-    guest = HostileGuest()
-    yield guest
-    guest.close()
-    assert not guest.errors
 
 
 @pytest.fixture()
@@ -64,28 +56,27 @@ def test_malformed_read_counts_are_protocol_errors(hostile: HostileGuest, xfer: 
         b"".join(read_guest_file(client, xfer, "/file"))
 
 
-def test_garbage_on_the_transfer_disk_is_detected(hostile: HostileGuest, xfer: Path) -> None:
-    """The agent copied b"hello" (and says so by its CRC); the disk holds other bytes."""
+@pytest.mark.parametrize("on_disk", [b"jello", b"hello"])
+def test_transfer_disk_bytes_are_checked(hostile: HostileGuest, xfer: Path,
+                                         on_disk: bytes) -> None:
+    """The agent copied b"hello" (and says so by its CRC); garbage on the disk instead
+    is TRANSFER_CORRUPT, intact bytes pass."""
     with open(xfer, "r+b") as disk:
-        disk.write(b"jello")
+        disk.write(on_disk)
     reply = {"read": 5, "size": 5, "crc32": zlib.crc32(b"hello")}
-    with _client(hostile, _reply(reply)) as client, pytest.raises(TransferCorruptError) as err:
-        b"".join(read_guest_file(client, xfer, "/file"))
-    assert err.value.details["transport"] == "transfer-disk"
+    with _client(hostile, _reply(reply)) as client:
+        if on_disk == b"hello":
+            assert b"".join(read_guest_file(client, xfer, "/file")) == b"hello"
+            return
+        with pytest.raises(TransferCorruptError) as err:
+            b"".join(read_guest_file(client, xfer, "/file"))
+        assert err.value.details["transport"] == "transfer-disk"
 
 
 def test_a_missing_checksum_is_a_protocol_error(hostile: HostileGuest, xfer: Path) -> None:
     with _client(hostile, _reply({"read": 5, "size": 5})) as client, \
             pytest.raises(GuestProtocolError):
         b"".join(read_guest_file(client, xfer, "/file"))
-
-
-def test_intact_transfer_disk_bytes_pass(hostile: HostileGuest, xfer: Path) -> None:
-    with open(xfer, "r+b") as disk:
-        disk.write(b"hello")
-    reply = {"read": 5, "size": 5, "crc32": zlib.crc32(b"hello")}
-    with _client(hostile, _reply(reply)) as client:
-        assert b"".join(read_guest_file(client, xfer, "/file")) == b"hello"
 
 
 def _stream_file(data: bytes, crc: bytes | None) -> Callable[[GuestSide, p.Frame], None]:
