@@ -38,11 +38,12 @@ StreamKind = Literal["simple", "exec", "write", "read"]
 
 RECV_SIZE = 1 << 20
 HANDSHAKE_ATTEMPT = 2.0  # seconds before a silent handshake is retried on a new connection
-# Liveness of a connection with operations in flight: after KEEPALIVE_INTERVAL seconds
-# without a frame from the guest the host sends a ping, and a guest that answers
-# nothing within KEEPALIVE_TIMEOUT more is declared gone.  So an operation on a dead
-# or frozen agent fails within INTERVAL + TIMEOUT seconds (20 s by default), whatever
-# its own timeout; an idle connection sends nothing (idle clones stay idle).
+# Liveness of a connection with operations in flight: the keepalive looks every
+# KEEPALIVE_INTERVAL seconds; once the guest has sent nothing for that long it gets a
+# ping, and a guest that answers nothing within KEEPALIVE_TIMEOUT more is declared
+# gone.  So an operation on a dead or frozen agent fails within 2 x INTERVAL + TIMEOUT
+# seconds (25 s by default), whatever its own timeout; an idle connection sends
+# nothing (idle clones stay idle).
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 15.0
 # Frame types the guest may send on each kind of stream, and which of them end it.
@@ -365,10 +366,10 @@ class Connection:
                     return True
 
     def _unresponsive(self) -> None:
-        vm_id, waited = self.vm_id, self.keepalive_interval + self.keepalive_timeout
+        vm_id, waited = self.vm_id, self.keepalive_timeout
         self.fail(lambda: CommandExecutionUnavailableError(
-            vm_id, f"the guest agent stopped answering (nothing for {waited:g} s, "
-            "not even a keepalive ping)",
+            vm_id, f"the guest agent stopped answering (no reply to a keepalive ping "
+            f"within {waited:g} s)",
             "The agent was killed, stopped or is starved inside the guest; smolbox "
             "reconnects on the next call (init restarts a killed agent). If it stays "
             "silent, restart the machine (`smolbox restart NAME`)."))
