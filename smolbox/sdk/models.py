@@ -48,6 +48,9 @@ class MachineInfo(_Wire):
     source_snapshot: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     warnings: list[MachineWarning] = Field(default_factory=list)
+    #: Epoch seconds when the machine's lifetime ends (``MachineConfig.timeout``,
+    #: ``set_timeout``); None: it lives until deleted.
+    expires_at: float | None = None
 
     @classmethod
     def from_record(cls, record: MachineRecord) -> MachineInfo:
@@ -57,6 +60,7 @@ class MachineInfo(_Wire):
             pid=record.pid, ip=record.ip, created_at=record.created_at,
             updated_at=record.updated_at, error_reason=record.error_reason,
             source_snapshot=record.source_snapshot, config=record.config,
+            expires_at=record.expires_at,
         )
 
 
@@ -129,6 +133,14 @@ class ForkRequest(_Wire):
     count: int = Field(default=1, ge=1, le=64)
     names: list[str] | None = None
     env: dict[str, str] | None = None
+
+
+class TimeoutRequest(_Wire):
+    """Body of ``POST /v1/machines/{vm}/timeout``: seconds from now, or null for never."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float | None = Field(gt=0, le=30 * 86400)
 
 
 class RestoreRequest(_Wire):
