@@ -33,12 +33,12 @@ from smolbox import errors, hostfiles
 from smolbox.channel import AgentClient
 from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MachineConfig
+from smolbox.engine import lifetime
 from smolbox.engine.admission import admit
 from smolbox.engine.boot import Booter, new_machine_id
 from smolbox.engine.channels import AgentCache
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.launcher import Launcher, QemuLauncher
-from smolbox.engine import lifetime
 from smolbox.engine.layout import MachineLayout
 from smolbox.engine.pool import POOL_LABEL, WarmPool
 from smolbox.engine.reconcile import ReconcileReport, reconcile

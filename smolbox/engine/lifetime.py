@@ -45,8 +45,8 @@ def set_timeout(store: Store, vm: str, seconds: float | None) -> MachineRecord:
     return store.update_machine(record.id, expires_at=expires)
 
 
-def reap_expired(store: Store, *, delete: Callable[[str], None],
-                 pause: Callable[[str], None], now: float | None = None) -> list[str]:
+def reap_expired(store: Store, *, delete: Callable[[str], object],
+                 pause: Callable[[str], object], now: float | None = None) -> list[str]:
     """Delete (or pause, where the config asks) every machine past its expiry.
 
     Returns the ids handled. A machine that fails is logged and tried again on the

@@ -51,7 +51,7 @@ KNOWN_TYPES = CONTROL_TYPES | DATA_TYPES
 
 CAPABILITIES = (
     "exec", "stream", "spawn", "attach", "signal", "files", "env", "identity", "shutdown",
-    "blockxfer", "blockxfer-read",
+    "blockxfer", "blockxfer-read", "ps", "fsops",
 )
 
 

@@ -17,7 +17,9 @@ from fastapi import APIRouter, Depends, FastAPI
 
 import smolbox
 from smolbox.engine.engine import Engine
+from smolbox.engine.lifetime import Reaper
 from smolbox.sdk.local import LocalBackend
+from smolbox.server import e2b
 from smolbox.server import errors as error_handlers
 from smolbox.server.auth import require_token
 from smolbox.server.bodylimit import BodyLimitMiddleware
@@ -41,9 +43,13 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         if app.state.backend is None:
             owned = await anyio.to_thread.run_sync(LocalBackend)
             app.state.backend = owned
+        # Lifetimes (MachineConfig.timeout, E2B's timeout) are enforced while serving.
+        current: LocalBackend = app.state.backend
+        reaper = Reaper(current.engine.reap_expired).start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(reaper.close)
             if owned is not None:
                 app.state.backend = None
                 await anyio.to_thread.run_sync(owned.close)
@@ -76,4 +82,5 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.include_router(v1)
     app.include_router(shell.router)  # WebSocket: checks the token itself
     app.include_router(health.router)
+    e2b.install(app)  # E2B control plane + envd at the root (checks keys/tokens itself)
     return app
