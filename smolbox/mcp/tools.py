@@ -45,19 +45,23 @@ class Sandboxes:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._lock = threading.Lock()
-        self._made: set[str] = set()
+        self._made: dict[str, str | None] = {}  # machine id -> MCP session id (HTTP)
 
-    def add(self, vm: str) -> None:
+    def add(self, vm: str, session: str | None = None) -> None:
         with self._lock:
-            self._made.add(vm)
+            self._made[vm] = session
 
     def discard(self, vm: str) -> None:
         with self._lock:
-            self._made.discard(vm)
+            self._made.pop(vm, None)
 
-    def cleanup(self) -> None:
+    def cleanup(self, session: str | None = None) -> None:
+        """Delete the machines made here (with ``session``: that MCP session's only)."""
         with self._lock:
-            made, self._made = sorted(self._made), set()
+            made = sorted(vm for vm, owner in self._made.items()
+                          if session is None or owner == session)
+            for vm in made:
+                del self._made[vm]
         for vm in made:
             try:
                 self.backend.delete(vm, force=True)
@@ -70,6 +74,12 @@ async def _run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
     except errors.SmolboxError as err:
         raise tool_error(err) from None
+
+
+def _track(ctx: Context, sandboxes: Sandboxes, vm: str) -> None:
+    """Remember ``vm`` with its MCP session (HTTP: the ``Mcp-Session-Id`` header)."""
+    headers = ctx.headers or {}
+    sandboxes.add(vm, headers.get("mcp-session-id"))
 
 
 def build_server(backend: Backend, *, name: str = "smolbox") -> tuple[MCPServer[Any], Sandboxes]:
@@ -88,7 +98,7 @@ def build_server(backend: Backend, *, name: str = "smolbox") -> tuple[MCPServer[
         "move files in it, delete it when done.", lifespan=lifespan)
 
     @server.tool()
-    async def create_sandbox(image: str = "default", memory_mib: int = 256,
+    async def create_sandbox(ctx: Context, image: str = "default", memory_mib: int = 256,
                              timeout_s: float = DEFAULT_LIFETIME_S) -> dict[str, Any]:
         """Create and boot a sandbox (microVM); returns its id. It is deleted after
         ``timeout_s`` seconds, or when this MCP session ends."""
@@ -98,7 +108,7 @@ def build_server(backend: Backend, *, name: str = "smolbox") -> tuple[MCPServer[
         except errors.SmolboxError as err:
             raise tool_error(err) from None
         info = await _run(backend.create, config)
-        sandboxes.add(info.id)
+        _track(ctx, sandboxes, info.id)
         return {"sandbox": info.id, "state": info.state, "expires_at": info.expires_at}
 
     @server.tool()

@@ -14,10 +14,13 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.routing import Route
 
 import smolbox
 from smolbox.engine.engine import Engine
 from smolbox.engine.lifetime import Reaper
+from smolbox.mcp.http import PATH as MCP_PATH
+from smolbox.mcp.http import McpEndpoint
 from smolbox.sdk.local import LocalBackend
 from smolbox.server import e2b
 from smolbox.server import errors as error_handlers
@@ -47,7 +50,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         current: LocalBackend = app.state.backend
         reaper = Reaper(current.engine.reap_expired).start()
         try:
-            yield
+            async with mcp.running(current):  # MCP over streamable HTTP at /mcp
+                yield
         finally:
             await anyio.to_thread.run_sync(reaper.close)
             if owned is not None:
@@ -61,6 +65,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.backend = backend
+    mcp = McpEndpoint(settings.token)
 
     def count_by_state() -> dict[str, int]:
         current: LocalBackend | None = app.state.backend
@@ -83,4 +88,6 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.include_router(shell.router)  # WebSocket: checks the token itself
     app.include_router(health.router)
     e2b.install(app)  # E2B control plane + envd at the root (checks keys/tokens itself)
+    app.router.routes.append(Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"],
+                                   include_in_schema=False))
     return app
