@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 from e2b_harness import E2BServer
 
 from smolbox import errors
+from smolbox.sdk import Machine
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -41,3 +45,24 @@ def test_refusals_and_expiry(e2b_server: E2BServer) -> None:
     with pytest.raises(errors.VMNotFoundError):
         e2b_server.engine.get(lines["sandbox"])
     print("expired after", lines["expired_after"], "s (timeout=3)")
+
+
+def test_native_lifetime_through_the_server(e2b_server: E2BServer) -> None:
+    """The native API gets the same lifetime: MachineConfig.timeout, expires_at in info,
+    set_timeout, and the server's reaper deleting the machine when it runs out."""
+    machine = Machine.create(url=e2b_server.url, token=e2b_server.token, timeout=600)
+    try:
+        expires = machine.info().expires_at
+        assert expires is not None and expires > time.time() + 500
+        machine.set_timeout(2)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                Machine.connect(machine.id, url=e2b_server.url, token=e2b_server.token)
+            except errors.VMNotFoundError:
+                break
+            assert time.monotonic() < deadline, "set_timeout(2) did not end the machine"
+            time.sleep(0.25)
+    finally:
+        with contextlib.suppress(errors.VMNotFoundError):
+            machine.delete(force=True)
