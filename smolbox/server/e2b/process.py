@@ -54,10 +54,15 @@ class Live:
                 self._tags[(vm, tag)] = handle.pid
                 self._tag_of[(vm, handle.pid)] = tag
 
-    def drop(self, vm: str, handle: ProcessHandle) -> None:
+    def drop(self, vm: str, handle: ProcessHandle, *, exited: bool = False) -> None:
+        """Forget ``handle`` as the pid's listener (and the pid's tag once it exited)."""
         with self._lock:
             if self._handles.get((vm, handle.pid)) is handle:
                 del self._handles[(vm, handle.pid)]
+            if exited:
+                tag = self._tag_of.pop((vm, handle.pid), None)
+                if tag is not None and self._tags.get((vm, tag)) == handle.pid:
+                    del self._tags[(vm, tag)]
 
     def get(self, vm: str, pid: int) -> ProcessHandle | None:
         with self._lock:
@@ -148,7 +153,7 @@ def _follow(request: Request, ctx: EnvdContext, handle: ProcessHandle,
     keepalive = _keepalive_interval(request)
 
     async def events() -> AsyncIterator[bytes]:
-        finished = False
+        finished = exited = False
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         last = time.monotonic()
         try:
@@ -171,7 +176,7 @@ def _follow(request: Request, ctx: EnvdContext, handle: ProcessHandle,
                 if event.kind in ("stdout", "stderr"):
                     yield c.envelope({"event": {"data": {event.kind: c.b64(event.data)}}})
                     continue
-                finished = True
+                finished = exited = True
                 yield c.envelope(_end_event(event.exit_code, event.signal))
                 yield c.end_of_stream()
                 return
@@ -179,7 +184,7 @@ def _follow(request: Request, ctx: EnvdContext, handle: ProcessHandle,
             finished = True
             yield c.end_of_stream(c.from_smolbox(err))
         finally:
-            live.drop(ctx.sandbox_id, handle)
+            live.drop(ctx.sandbox_id, handle, exited=exited)
             if not finished:
                 with contextlib.suppress(errors.SmolboxError):
                     handle.detach()

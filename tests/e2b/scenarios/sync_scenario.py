@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from e2b import CommandExitException, NotFoundException, Sandbox
+from e2b import CommandExitException, NotFoundException, Sandbox, TimeoutException
 
 MIB = 1 << 20
 
@@ -42,6 +42,17 @@ def main() -> int:
         except CommandExitException as exc:
             assert exc.exit_code == 3 and "bad" in exc.stderr, exc
         step("exit_code")
+
+        try:
+            sandbox.commands.run("sleep 120", timeout=2)
+            raise AssertionError("a command outlived its timeout")
+        except TimeoutException:
+            pass
+        deadline = time.monotonic() + 30
+        while any(p.args[-1:] == ["sleep 120"] for p in sandbox.commands.list()):
+            assert time.monotonic() < deadline, "the timed-out command still runs"
+            time.sleep(0.2)
+        step("command_timeout")
 
         sandbox.files.make_dir("/tmp/work")
         out = sandbox.commands.run("pwd; echo $GREETING; whoami", cwd="/tmp/work",
