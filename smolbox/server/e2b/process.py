@@ -4,7 +4,9 @@ Every ``Start`` spawns a background process in the guest (so, as in envd, it kee
 running when the caller disconnects, and ``List``/``Connect`` find it by pid from
 any client). The stream carries ``start{pid}``, ``data{stdout|stderr}``,
 ``keepalive`` and ``end{exitCode, exited, status}``; a ``Connect-Timeout-Ms``
-deadline kills the process group and ends the stream with ``deadline_exceeded``.
+deadline (the SDK's command ``timeout``, 60 s by default, also for background
+commands; ``timeout=0`` for none) kills the process group and ends the stream with
+``deadline_exceeded``.
 ``Live`` remembers which handle currently listens to a pid in this server, so
 stdin and signals go through it instead of stealing the process from its reader.
 """
@@ -33,6 +35,7 @@ router = APIRouter(include_in_schema=False)
 SERVICE = "/process.Process"
 KEEPALIVE_S = 50.0
 POLL_S = 1.0
+DEADLINE_SLACK_S = 1.5  # a disconnect this close to the deadline is the deadline
 SIGNALS: dict[object, int] = {"SIGNAL_SIGKILL": 9, "SIGNAL_SIGTERM": 15, 9: 9, 15: 15}
 SIGNAL_STATUS: dict[int, str] = {int(signal.SIGKILL): "signal: killed",
                                  int(signal.SIGTERM): "signal: terminated"}
@@ -187,6 +190,11 @@ def _follow(request: Request, ctx: EnvdContext, handle: ProcessHandle,
             live.drop(ctx.sandbox_id, handle, exited=exited)
             if not finished:
                 with contextlib.suppress(errors.SmolboxError):
+                    # The client's own deadline closed the stream (it may beat ours by
+                    # a poll): the command timed out, so it dies as envd's would. Any
+                    # other disconnect leaves it running for commands.connect.
+                    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S:
+                        handle.kill(signal.SIGKILL)
                     handle.detach()
 
     return _stream_response(events())
