@@ -371,27 +371,23 @@ async def stream_input(request: Request) -> Response:
     try:
         ctx = context(request)
         selector: dict[str, Any] | None = None
-        chunks: list[bytes] = []
         async for message in c.stream_messages(request):
             if "start" in message:
                 selector = message["start"] or {}
             elif "data" in message:
+                if selector is None:
+                    raise c.ConnectError("invalid_argument", "the stream must begin with start")
                 data = (message["data"] or {}).get("input") or {}
                 if "pty" in data:
                     raise c.ConnectError("unimplemented", "PTY input is not supported")
-                chunks.append(c.unb64(data.get("stdin")))
+                chunk, chosen = c.unb64(data.get("stdin")), selector
+
+                def send(chunk: bytes = chunk, chosen: dict[str, Any] = chosen) -> None:
+                    _with_handle(request, ctx, chosen, lambda h: h.send_stdin(chunk))
+
+                await anyio.to_thread.run_sync(send)  # delivered as it arrives
         if selector is None:
             raise c.ConnectError("invalid_argument", "the stream must begin with start")
-        chosen = selector
-
-        def feed(handle: ProcessHandle) -> None:
-            for chunk in chunks:
-                handle.send_stdin(chunk)
-
-        def send() -> None:
-            _with_handle(request, ctx, chosen, feed)
-
-        await anyio.to_thread.run_sync(send)
     except AccessDenied as denied:
         return _failed_stream(c.ConnectError("unauthenticated", denied.message))
     except c.ConnectError as err:
