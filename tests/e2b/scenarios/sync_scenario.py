@@ -85,6 +85,13 @@ def main() -> int:
         reader = sandbox.commands.run("head -n 1", background=True, stdin=True)
         sandbox.commands.send_stdin(reader.pid, "typed\n")
         assert reader.wait().stdout == "typed\n"
+        streamed = sandbox.commands.run("head -n 2", background=True, stdin=True)
+        sandbox.commands.stream_input(streamed.pid, ["first\n", "second\n"])
+        assert streamed.wait().stdout == "first\nsecond\n"
+        catting = sandbox.commands.run("cat; echo closed", background=True, stdin=True)
+        sandbox.commands.send_stdin(catting.pid, b"bytes in\n")
+        sandbox.commands.close_stdin(catting.pid)
+        assert catting.wait().stdout == "bytes in\nclosed\n"
         step("send_stdin")
 
         info = sandbox.files.write("/home/user/data/hello.txt", "hello file")
