@@ -24,7 +24,7 @@ def passed(stdout: str) -> list[str]:
 
 def test_sync_sdk_scenario(e2b_server: E2BServer) -> None:
     result = e2b_server.run("sync_scenario.py")
-    expected = [*STEPS[:4], "command_timeout", *STEPS[4:]]
+    expected = [*STEPS[:4], "command_timeout", *STEPS[4:10], "pause_connect", *STEPS[10:]]
     assert passed(result.stdout) == expected, result.stderr[-3000:]
     assert result.returncode == 0
 

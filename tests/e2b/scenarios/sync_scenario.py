@@ -128,6 +128,13 @@ def main() -> int:
         assert after.sandbox_id == sandbox.sandbox_id and after.state == "running"
         step("set_timeout_get_info")
 
+        sandbox.pause()
+        assert sandbox.get_info().state == "paused"
+        resumed = Sandbox.connect(sandbox.sandbox_id)
+        assert resumed.get_info().state == "running"
+        assert resumed.commands.run("echo back").stdout == "back\n"
+        step("pause_connect")
+
         listed = [s.sandbox_id for s in Sandbox.list().next_items()]
         assert sandbox.sandbox_id in listed, listed
         step("list")
