@@ -165,6 +165,10 @@ class MachineConfig(StrictModel):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     labels: dict[str, str] = Field(default_factory=dict)
     from_template: bool = True
+    #: Lifetime in seconds from the moment the machine is up; None: until deleted.
+    timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
+    #: What expiry does: delete the machine, or pause it (memory kept).
+    on_timeout: Literal["delete", "pause"] = "delete"
 
     @property
     def uses_template(self) -> bool:

@@ -204,6 +204,33 @@ class ProcessHandle:
         if not self._stream.done:
             self._stream.send(p.STDIN, b"", p.FLAG_EOF)
 
+    def next_event(self, timeout: float) -> ExecEvent | None:
+        """The next output or exit event, or None if none came within ``timeout``.
+
+        For callers that interleave keepalives or cancellation checks (the E2B front
+        door); output is handed over, not kept for :meth:`wait`.
+        """
+        with self._lock:
+            if self._result is None:
+                try:
+                    msg = self._stream.get(time.monotonic() + timeout, "wait", timeout)
+                except OperationTimeoutError:
+                    return None
+                if msg.type in (p.STDOUT, p.STDERR):
+                    return ExecEvent("stdout" if msg.type == p.STDOUT else "stderr",
+                                     msg.payload)
+                self._absorb(msg)
+                if self._result is None:
+                    return None
+            return ExecEvent("exit", exit_code=self._result.exit_code,
+                             signal=self._result.signal)
+
+    def detach(self) -> None:
+        """Stop listening without stopping the process (it keeps running in the guest;
+        ``attach(pid)`` reaches it again). Unlike an abandoned exec, nothing is killed."""
+        if not self._stream.done:
+            self._stream.conn.abandon(self._stream)
+
 
 # ------------------------------------------------------------------------------ client
 

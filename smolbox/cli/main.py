@@ -25,6 +25,7 @@ def _register_commands() -> None:
         files,
         image,
         machines,
+        mcp,
         pause,
         serve,
         shell,

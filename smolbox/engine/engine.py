@@ -33,6 +33,7 @@ from smolbox import errormap, errors, hostfiles
 from smolbox.channel import AgentClient
 from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MachineConfig
+from smolbox.engine import lifetime
 from smolbox.engine.admission import admit
 from smolbox.engine.boot import Booter, new_machine_id
 from smolbox.engine.channels import AgentCache
@@ -96,6 +97,7 @@ class Engine:
         engine = cls(paths)
         if reconcile:
             engine.startup_report = engine._startup_reconcile()
+            engine.reap_expired()  # lifetimes that ran out while no server watched
         if warm_pool:
             engine.pool = WarmPool(engine, warm_pool, pool_config)
         return engine
@@ -125,7 +127,7 @@ class Engine:
             "accelerator": record.accelerator or accel.name, "pid": record.pid,
             "ip": record.ip, "created_at": record.created_at, "updated_at": record.updated_at,
             "error_reason": record.error_reason, "source_snapshot": record.source_snapshot,
-            "config": record.config, "warnings": [],
+            "config": record.config, "warnings": [], "expires_at": record.expires_at,
         }
         if (record.accelerator or accel.name) == "tcg" and not accel.kvm_usable:
             info["warnings"].append({"code": errors.KVMUnavailableError.code,
@@ -185,7 +187,18 @@ class Engine:
         except BaseException:
             self.booter.discard(vm_id)
             raise
-        return self.store.update_machine(vm_id, owner=None, operation=None)
+        expires = None if config.timeout is None else time.time() + config.timeout
+        return self.store.update_machine(vm_id, owner=None, operation=None, expires_at=expires)
+
+    def set_timeout(self, vm: str, seconds: float | None) -> MachineRecord:
+        """Expire the machine ``seconds`` from now (None: never). Raises
+        ``VMNotFoundError``, ``ValidationError``."""
+        return lifetime.set_timeout(self.store, vm, seconds)
+
+    def reap_expired(self) -> list[str]:
+        """Delete (or pause) every machine past its lifetime; the ids handled."""
+        return lifetime.reap_expired(self.store, delete=lambda vm: self.delete(vm, force=True),
+                                     pause=self.pause)
 
     def start(self, vm: str) -> MachineRecord:
         record = self.get(vm)
@@ -420,6 +433,8 @@ class Engine:
         except errors.SmolboxError:
             self.delete(record.id, force=True)
             return self.create(config, use_pool=False)
+        if config.timeout is not None:
+            return self.store.update_machine(record.id, expires_at=time.time() + config.timeout)
         return self.get(record.id)
 
     def remove_image(self, ref: str) -> list[str]:

@@ -39,6 +39,7 @@ from typing import Any
 from smolbox.guest import protocol as p
 from smolbox.guest.blockxfer import XFER_OPS
 from smolbox.guest.files import SIMPLE_OPS, FileReader, FileWriter
+from smolbox.guest.fsops import FS_OPS
 from smolbox.guest.process import Proc, Pump
 from smolbox.guest.session import (
     FdTransport,
@@ -56,7 +57,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # Operations answered with one reply, each run in a thread of its own.
-REPLY_OPS = {**SIMPLE_OPS, **XFER_OPS}
+REPLY_OPS = {**SIMPLE_OPS, **XFER_OPS, **FS_OPS}
 
 
 class Agent:
@@ -187,6 +188,8 @@ class Agent:
                     raise OpError(f"no background process {req.get('pid')}", err=errno.ESRCH,
                                   kind="process")
                 target.attach(session, stream)
+            elif op == "ps":
+                session.send_json(p.REPLY, stream, {"processes": self.list_processes()})
             elif op == "write_file":
                 writer = FileWriter(session, stream, req)
                 session.register(stream, writer)
@@ -227,6 +230,16 @@ class Agent:
             session.error(stream, OpError(f"{op} failed: {exc!r}"))
             return
         session.send_json(p.REPLY, stream, result)
+
+    def list_processes(self) -> list[dict[str, Any]]:
+        """Background processes still running: pid and what started them."""
+        running = []
+        for pid, proc in sorted(self.processes.items()):
+            if proc.exit is None:
+                req = proc.req
+                running.append({"pid": pid, "argv": req.get("argv"), "env": req.get("env") or {},
+                                "cwd": req.get("cwd"), "user": req.get("user")})
+        return running
 
     # -- identity and power
     def set_identity(self, req: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ KNOWN_TYPES = CONTROL_TYPES | DATA_TYPES
 
 CAPABILITIES = (
     "exec", "stream", "spawn", "attach", "signal", "files", "env", "identity", "shutdown",
-    "blockxfer", "blockxfer-read", "crc32",
+    "blockxfer", "blockxfer-read", "crc32", "ps", "fsops",
 )
 
 

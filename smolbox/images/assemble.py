@@ -16,6 +16,7 @@ from smolbox.errors import RootfsError
 from smolbox.images.hashing import sha256_inputs
 from smolbox.images.rootpath import resolve_in_root, write_file
 from smolbox.images.runner import run_step
+from smolbox.images.users import ensure_default_user
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
 GUEST_PREFIX = "opt/smolbox/smolbox"
@@ -74,6 +75,7 @@ def require_python(tree: Path) -> None:
 def install_guest(tree: Path, guest_dir: Path = GUEST_DIR) -> None:
     """Write the guest files into ``tree`` (symlinks resolved inside it) and precompile."""
     require_python(tree)
+    ensure_default_user(tree)
     for member, data in guest_files(guest_dir).items():
         write_file(tree, member, data, 0o755 if member == INIT_PATH else 0o644)
     # Byte-compile now: the guest would otherwise compile on every cold boot under TCG.

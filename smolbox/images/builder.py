@@ -150,7 +150,7 @@ def build_image(
         "kernel": {"kind": kern.kind, **kern.inputs, "cmdline": list(kern.cmdline_extra)},
         "rootfs": {"key": base.key, **base.inputs},
         "guest": assemble.guest_digest(guest_dir),
-        "recipe": 1,
+        "recipe": 2,  # 2: the default user `user` (images/users.py)
     }
     version = sha256_inputs(build)[:12]
     if not rebuild:

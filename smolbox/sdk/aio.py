@@ -332,6 +332,7 @@ class AsyncMachine:
     stop = _InThread(Machine.stop)
     pause = _InThread(Machine.pause)
     resume = _InThread(Machine.resume)
+    set_timeout = _InThread(Machine.set_timeout)
     start = _InThread(Machine.start)
     restart = _InThread(Machine.restart)
     restore = _InThread(Machine.restore)

@@ -101,6 +101,11 @@ class Backend(Protocol):
         """Freeze the vCPUs. Raises ``VMNotFoundError``, ``InvalidTransitionError``."""
         ...
 
+    def set_timeout(self, vm: str, seconds: float | None) -> MachineInfo:
+        """End the machine's lifetime ``seconds`` from now (None: never). Raises
+        ``VMNotFoundError``, ``ValidationError``."""
+        ...
+
     def resume(self, vm: str) -> MachineInfo:
         """Continue a paused machine. Raises ``VMNotFoundError``, ``InvalidTransitionError``."""
         ...

@@ -80,6 +80,11 @@ class LocalBackend:
         """Freeze the vCPUs. Raises ``VMNotFoundError``, ``InvalidTransitionError``."""
         return MachineInfo.from_record(self.engine.pause(vm))
 
+    def set_timeout(self, vm: str, seconds: float | None) -> MachineInfo:
+        """End the lifetime ``seconds`` from now (None: never). Raises
+        ``VMNotFoundError``, ``ValidationError``."""
+        return MachineInfo.from_record(self.engine.set_timeout(vm, seconds))
+
     def resume(self, vm: str) -> MachineInfo:
         """Continue a paused machine. Raises ``VMNotFoundError``, ``InvalidTransitionError``."""
         return MachineInfo.from_record(self.engine.resume(vm))

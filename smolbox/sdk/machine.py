@@ -281,6 +281,13 @@ class Machine:
         self._info = self._backend.pause(self.id)
         return self
 
+    def set_timeout(self, seconds: float | None) -> Machine:
+        """End the machine's lifetime ``seconds`` from now (None: never); the server
+        (or the next embedded engine start) deletes it then, or pauses it with
+        ``on_timeout="pause"``. Raises ``VMNotFoundError``, ``ValidationError``."""
+        self._info = self._backend.set_timeout(self.id, seconds)
+        return self
+
     def resume(self) -> Machine:
         """Continue a paused machine. Raises ``VMNotFoundError``,
         ``InvalidTransitionError`` (not paused)."""

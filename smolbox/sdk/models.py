@@ -50,6 +50,9 @@ class MachineInfo(_Wire):
     warnings: list[MachineWarning] = Field(default_factory=list)
     # QEMU's own run state (``running``, ``paused``, ``io-error``…), from ``info`` only
     vmm_status: str | None = None
+    #: Epoch seconds when the machine's lifetime ends (``MachineConfig.timeout``,
+    #: ``set_timeout``); None: it lives until deleted.
+    expires_at: float | None = None
 
     @classmethod
     def from_record(cls, record: MachineRecord) -> MachineInfo:
@@ -59,6 +62,7 @@ class MachineInfo(_Wire):
             pid=record.pid, ip=record.ip, created_at=record.created_at,
             updated_at=record.updated_at, error_reason=record.error_reason,
             source_snapshot=record.source_snapshot, config=record.config,
+            expires_at=record.expires_at,
         )
 
 
@@ -131,6 +135,14 @@ class ForkRequest(_Wire):
     count: int = Field(default=1, ge=1, le=64)
     names: list[str] | None = None
     env: dict[str, str] | None = None
+
+
+class TimeoutRequest(_Wire):
+    """Body of ``POST /v1/machines/{vm}/timeout``: seconds from now, or null for never."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float | None = Field(gt=0, le=30 * 86400)
 
 
 class RestoreRequest(_Wire):

@@ -204,6 +204,12 @@ class RemoteBackend:
         ``ConnectionError``."""
         return MachineInfo.model_validate(self._action(vm, "pause"))
 
+    def set_timeout(self, vm: str, seconds: float | None) -> MachineInfo:
+        """End the lifetime ``seconds`` from now (None: never). Raises
+        ``VMNotFoundError``, ``ValidationError``, ``ConnectionError``."""
+        return MachineInfo.model_validate(self._json(
+            "POST", f"/machines/{vm}/timeout", idempotent=True, json={"timeout": seconds}))
+
     def resume(self, vm: str) -> MachineInfo:
         """Continue a paused machine. Raises ``VMNotFoundError``,
         ``InvalidTransitionError``, ``ConnectionError``."""

@@ -14,10 +14,15 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.routing import Route
 
 import smolbox
 from smolbox.engine.engine import Engine
+from smolbox.engine.lifetime import Reaper
+from smolbox.mcp.http import PATH as MCP_PATH
+from smolbox.mcp.http import McpEndpoint
 from smolbox.sdk.local import LocalBackend
+from smolbox.server import e2b
 from smolbox.server import errors as error_handlers
 from smolbox.server.auth import require_token
 from smolbox.server.bodylimit import BodyLimitMiddleware
@@ -42,9 +47,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         if app.state.backend is None:
             owned = await anyio.to_thread.run_sync(LocalBackend)
             app.state.backend = owned
+        # Lifetimes (MachineConfig.timeout, E2B's timeout) are enforced while serving.
+        current: LocalBackend = app.state.backend
+        reaper = Reaper(current.engine.reap_expired).start()
         try:
-            yield
+            async with mcp.running(current):  # MCP over streamable HTTP at /mcp
+                yield
         finally:
+            await anyio.to_thread.run_sync(reaper.close)
             if owned is not None:
                 app.state.backend = None
                 await anyio.to_thread.run_sync(owned.close)
@@ -58,6 +68,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.state.backend = backend
     app.state.workers = MachineWorkers(settings.max_calls_per_machine,
                                        settings.max_machine_threads)
+    mcp = McpEndpoint(settings.token)
 
     def count_by_state() -> dict[str, int]:
         current: LocalBackend | None = app.state.backend
@@ -79,4 +90,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.include_router(v1)
     app.include_router(shell.router)  # WebSocket: checks the token itself
     app.include_router(health.router)
+    e2b.install(app)  # E2B control plane + envd at the root (checks keys/tokens itself)
+    app.router.routes.append(Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"],
+                                   include_in_schema=False))
     return app

@@ -19,7 +19,10 @@ DEFAULT_MAX_BODY_BYTES = 8 << 20
 
 
 def _streams_itself(scope: Scope) -> bool:
-    return scope.get("method") == "PUT" and str(scope.get("path", "")).endswith("/files")
+    path = str(scope.get("path", ""))
+    if scope.get("method") == "POST" and path == "/files":
+        return True  # E2B envd upload (server/e2b/filesystem.py): its own upload limit
+    return scope.get("method") == "PUT" and path.endswith("/files")
 
 
 def _declared_length(scope: Scope) -> int | None:

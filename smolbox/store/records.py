@@ -53,6 +53,9 @@ class MachineRecord:
     #: None at rest. Reconcile finishes or undoes operations whose owner is dead.
     owner: str | None = None
     operation: str | None = None
+    #: Lifetime: epoch seconds after which the machine is deleted (or paused, as its
+    #: config's ``on_timeout`` says); None: it lives until deleted.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Lease:
 MACHINE_FIELDS: frozenset[str] = frozenset({
     "config", "image_ref", "image_version", "accelerator", "pid", "pid_start_time",
     "run_dir", "error_reason", "source_snapshot", "ip", "owner", "operation",
+    "expires_at",
 })
 
 
@@ -126,7 +130,7 @@ def machine_from_row(row: sqlite3.Row) -> MachineRecord:
         image_version=row["image_version"], accelerator=row["accelerator"], pid=row["pid"],
         pid_start_time=row["pid_start_time"], run_dir=row["run_dir"],
         error_reason=row["error_reason"], source_snapshot=row["source_snapshot"], ip=row["ip"],
-        owner=row["owner"], operation=row["operation"],
+        owner=row["owner"], operation=row["operation"], expires_at=row["expires_at"],
     )
 
 

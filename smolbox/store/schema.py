@@ -92,6 +92,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX machines_owner ON machines (owner);
         """,
     ),
+    Migration(
+        version=4,
+        description="machine lifetime: when the machine expires (epoch seconds, NULL: never)",
+        sql="""
+        ALTER TABLE machines ADD COLUMN expires_at REAL;
+        CREATE INDEX machines_expires_at ON machines (expires_at);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

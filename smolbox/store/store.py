@@ -47,7 +47,7 @@ S = TypeVar("S", bound=type)
 _MACHINE_COLUMNS = (
     "id", "name", "state", "config", "image_ref", "image_version", "accelerator", "pid",
     "pid_start_time", "run_dir", "created_at", "updated_at", "error_reason",
-    "source_snapshot", "ip", "owner", "operation",
+    "source_snapshot", "ip", "owner", "operation", "expires_at",
 )
 
 

@@ -93,5 +93,8 @@ class RecordingEngine:
     def list_machines(self, states: Any = None) -> list[MachineRecord]:
         return []
 
+    def reap_expired(self) -> list[str]:  # the server's lifetime reaper calls this
+        return []
+
     def close(self) -> None:
         pass

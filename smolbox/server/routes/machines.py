@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from smolbox.config import MachineConfig
 from smolbox.sdk.local import LocalBackend
-from smolbox.sdk.models import MachineInfo, RestoreRequest, StopResult
+from smolbox.sdk.models import MachineInfo, RestoreRequest, StopResult, TimeoutRequest
 from smolbox.server.deps import backend, call
 from smolbox.server.routes.common import ERRORS
 
@@ -69,6 +69,12 @@ async def restart_machine(b: Backend, vm: VM) -> MachineInfo:
 @router.post("/{vm}/pause", response_model=MachineInfo, summary="Freeze the vCPUs")
 async def pause_machine(b: Backend, vm: VM) -> MachineInfo:
     return await call(b.pause, vm)
+
+
+@router.post("/{vm}/timeout", response_model=MachineInfo,
+             summary="Set the lifetime: expire this many seconds from now (null: never)")
+async def set_machine_timeout(b: Backend, vm: VM, body: TimeoutRequest) -> MachineInfo:
+    return await call(b.set_timeout, vm, body.timeout)
 
 
 @router.post("/{vm}/resume", response_model=MachineInfo, summary="Continue a paused machine")
