@@ -103,7 +103,9 @@ def test_health_and_readiness(anonymous: httpx.Client) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     if ready.status_code == 200:  # the session's default image is installed
-        assert ready.json() == {"status": "ready"}
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert body["machine_threads_in_use"] == 0 and body["busy_machines"] == 0
     else:
         error = assert_catalogue(ready, errors.UnavailableError)
         assert error["details"]["cause"] == "IMAGE_NOT_FOUND"
