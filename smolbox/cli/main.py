@@ -29,6 +29,7 @@ def _register_commands() -> None:
         serve,
         shell,
         snapshots,
+        vmfile,
     )
 
 
