@@ -151,3 +151,16 @@ def test_digests_change_with_their_inputs(tmp_path: Path) -> None:
     assert declaration_digest(first) == declaration_digest(again)
     bigger = read(write(tmp_path, text.replace("memory 256", "memory 512"))).machines[0]
     assert declaration_digest(bigger) != declaration_digest(first)
+
+
+def test_cli_prefixes_streamed_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from smolbox.cli.vmfile import LinePrinter
+
+    printer = LinePrinter()
+    printer("web", "provision 2 (shell)", "step", "provision 2 (shell)\n")
+    printer("web", "provision 2 (shell)", "stdout", "one\ntw")
+    printer("web", "provision 2 (shell)", "stdout", "o\nthree")
+    printer.flush()
+    assert capsys.readouterr().out.splitlines() == [
+        "==> web: provision 2 (shell)", "web | provision 2 (shell) | one",
+        "web | provision 2 (shell) | two", "web | provision 2 (shell) | three"]
