@@ -26,7 +26,8 @@ vm "vf-web" {{
     memory {web_memory}
     env MODE="dev"
     provision "file" {{ source "app/"; destination "/srv/app" }}
-    provision "shell" {{ inline "echo run >> /root/count; cat /srv/app/sub/b.txt; echo to-err >&2" }}
+    provision "shell" {{ inline "echo run >> /root/count; cat /srv/app/sub/b.txt; echo to-err >&2"
+    }}
     provision "shell" {{ script "setup.sh" }}
 }}
 vm "vf-db" {{
