@@ -9,6 +9,7 @@ fails with SSH_FAILED instead of being trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -138,7 +139,7 @@ class SSHClient:
                                      signal=_signal_number(sig[0]) if sig else None))
             except (asyncssh.Error, OSError) as err:
                 events.put(self._error(err))
-            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            except BaseException as err:
                 events.put(err)
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
@@ -184,10 +185,8 @@ class SSHClient:
                 await self._conn.wait_closed()
                 self._conn = None
         if self._loop.is_running():
-            try:
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
                 asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
-            except (TimeoutError, asyncssh.Error, OSError):
-                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         self._loop.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from loopback_sshd import loopback_sshd
 
 from smolbox import errors
 from smolbox.ssh import SSHClient, SSHTarget, ensure_keys
-from loopback_sshd import loopback_sshd
 
 
 @pytest.fixture
