@@ -12,8 +12,10 @@ machine; the steps before it stay recorded, so the next ``up`` resumes there.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from smolbox import errors
@@ -63,25 +65,24 @@ def _quiet(_machine: str, _label: str, _stream: str, _text: str) -> None:
     """Default output sink: output is dropped (the CLI passes a printing one)."""
 
 
-GuestFactory = Callable[[Engine, MachineDecl, MachineRecord], Guest]
-
-
-def agent_guest(engine: Engine, decl: MachineDecl, record: MachineRecord) -> Guest:
-    return AgentGuest(engine, record.id)
+GuestFactory = Callable[[MachineDecl, MachineRecord], Guest]
+#: before create: make the image available; returns a cloud-init seed to attach, or None
+Prepare = Callable[[MachineDecl], Path | None]
 
 
 class Project:
     """One VMFile bound to an engine. ``Project(vmfile, engine).up()``."""
 
     def __init__(self, vmfile: VMFile, engine: Engine, *, output: OutputSink | None = None,
-                 guest_for: GuestFactory = agent_guest,
-                 prepare: Callable[[MachineDecl], MachineDecl] | None = None) -> None:
+                 guest_for: GuestFactory | None = None, prepare: Prepare | None = None,
+                 forget: Callable[[MachineDecl], None] | None = None) -> None:
         self.vmfile = vmfile
         self.engine = engine
         self.output: OutputSink = output or _quiet
-        self.guest_for = guest_for
-        #: runs before a machine is created (pull its image, build its seed)
+        self.guest_for: GuestFactory = guest_for or (
+            lambda _decl, record: AgentGuest(engine, record.id))
         self.prepare = prepare
+        self.forget = forget
         self.source = str(vmfile.path)
 
     # ------------------------------------------------------------------ lookups
@@ -112,6 +113,8 @@ class Project:
                 done.append(Outcome(decl.name, "absent"))
                 continue
             self.engine.delete(actual[0].id, force=True)
+            if self.forget is not None:
+                self.forget(decl)
             done.append(Outcome(decl.name, "deleted", actual[0].id))
         return done
 
@@ -178,8 +181,12 @@ class Project:
     def _up_one(self, decl: MachineDecl) -> Outcome:
         actual = self._actual(decl)
         if actual is None:
-            prepared = self.prepare(decl) if self.prepare else decl
-            record = self.engine.create(prepared.config)
+            seed = self.prepare(decl) if self.prepare else None
+            try:
+                record = self.engine.create(decl.config, seed=seed)
+            finally:
+                if seed is not None:
+                    shutil.rmtree(seed.parent, ignore_errors=True)
             mine = self.engine.store.put_declaration(DeclarationRecord(
                 vm_id=record.id, source=self.source, name=decl.name,
                 declaration_sha=declaration_digest(decl)))
@@ -206,16 +213,22 @@ class Project:
     def _provision(self, decl: MachineDecl, record: MachineRecord, mine: DeclarationRecord,
                    *, start: int) -> Outcome:
         wanted = step_digests(decl)
-        guest = self.guest_for(self.engine, decl, record)
         ran: list[int] = []
-        for index in range(start, len(decl.provisioners)):
-            step = decl.provisioners[index]
-            self.output(decl.name, step.label, "step", f"{step.label}\n")
-            try:
-                run_step(guest, decl.name, step, self.output)
-            finally:
-                # what ran before a failure stays recorded; a failed step does not
-                mine = self._record(record, mine, wanted[:index])
-            ran.append(step.index)
+        if start >= len(decl.provisioners):
+            self._record(record, mine, wanted)
+            return Outcome(decl.name, "unchanged", record.id)
+        guest = self.guest_for(decl, record)
+        try:
+            for index in range(start, len(decl.provisioners)):
+                step = decl.provisioners[index]
+                self.output(decl.name, step.label, "step", f"{step.label}\n")
+                try:
+                    run_step(guest, decl.name, step, self.output)
+                finally:
+                    # what ran before a failure stays recorded; a failed step does not
+                    mine = self._record(record, mine, wanted[:index])
+                ran.append(step.index)
+        finally:
+            guest.close()
         self._record(record, mine, wanted)
         return Outcome(decl.name, "provisioned" if ran else "unchanged", record.id, ran)

@@ -20,6 +20,8 @@ class Guest(Protocol):
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class AgentGuest:
     """A machine with the smolbox agent, through the engine."""
@@ -33,3 +35,6 @@ class AgentGuest:
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         self.engine.write_file(self.vm, path, data, mode=mode)
+
+    def close(self) -> None:
+        """The engine keeps its agent connections; nothing to release here."""

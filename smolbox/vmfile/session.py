@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 
 from smolbox.engine.engine import Engine
-from smolbox.vmfile.apply import GuestFactory, MachineStatus, Outcome, Project
+from smolbox.vmfile.apply import MachineStatus, Outcome, Project
 from smolbox.vmfile.model import VMFile, load_model
 from smolbox.vmfile.parse import parse_file
 from smolbox.vmfile.provisioners import OutputSink
@@ -39,11 +39,15 @@ class VMFileSession:
         return self._engine
 
     def project(self) -> Project:
-        from smolbox.vmfile.foreign import foreign_guest, prepare_machine
+        """The VMFile's commands with the foreign-image hooks (pull, seed, SSH)."""
+        from smolbox.vmfile import foreign
 
-        guest_for: GuestFactory = foreign_guest
-        return Project(self.vmfile, self.engine, output=self.output, guest_for=guest_for,
-                       prepare=lambda decl: prepare_machine(self.engine, decl))
+        engine, source = self.engine, str(self.vmfile.path)
+        return Project(
+            self.vmfile, engine, output=self.output,
+            guest_for=lambda decl, record: foreign.foreign_guest(engine, source, decl, record),
+            prepare=lambda decl: foreign.prepare_machine(engine, source, decl),
+            forget=lambda decl: foreign.forget_machine(engine, source, decl))
 
     def up(self, *names: str) -> list[Outcome]:
         return self.project().up(names)
