@@ -9,7 +9,10 @@ user's own user-data, if any, follows as a second MIME part).
 Two containers, for two kinds of kernel: an ISO 9660 volume ``cidata`` (pycdlib) for
 images booted with a kernel that has iso9660 (a Debian cloud kernel), and an ext4
 filesystem labelled ``cidata`` (``mkfs.ext4 -d``) for the smolbox minimal kernel,
-which has ext4 but neither iso9660 nor vfat. cloud-init finds either by its label.
+which has ext4 but neither iso9660 nor vfat. cloud-init's NoCloud finds the ISO by its
+label; it scans only vfat/iso9660 devices, so an image booted with the minimal kernel
+mounts the ext4 ``cidata`` disk at ``/var/lib/cloud/seed/nocloud`` (NoCloud's seed
+folder) before cloud-init runs.
 """
 
 from __future__ import annotations

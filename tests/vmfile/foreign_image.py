@@ -1,7 +1,8 @@
 """A small agent-less guest image for the foreign-image test: Debian bookworm minbase
 with openssh-server and cloud-init (from Debian packages, the project's own cached
 mmdebstrap step), no smolbox agent, and a shell ``/sbin/init`` that mounts the basics,
-configures slirp's fixed address, runs cloud-init's init stages (NoCloud only: they
+configures slirp's fixed address, mounts the ``cidata`` seed at NoCloud's seed folder,
+runs cloud-init's init stages (NoCloud only: they
 set the hostname and install the login key and the host key from the seed) and then
 runs sshd. Built once into the machine's build cache, keyed by its inputs."""
 
@@ -33,6 +34,10 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
+# cloud-init's NoCloud scans only vfat/iso9660 devices for `cidata`; the smolbox kernel
+# has neither, so the ext4 seed is mounted at NoCloud's seed directory instead
+mkdir -p /var/lib/cloud/seed/nocloud
+mount -o ro LABEL=cidata /var/lib/cloud/seed/nocloud
 echo FOREIGN_CLOUD_INIT_START
 cloud-init init --local
 cloud-init init
@@ -44,7 +49,7 @@ CLOUD_CFG = """\
 datasource_list: [ NoCloud, None ]
 network: {config: disabled}
 """
-RECIPE = 1
+RECIPE = 2
 
 
 def build_foreign_image(paths: Paths) -> Path:
