@@ -299,17 +299,8 @@ class Engine:
     def guest(self, vm: str, operation: str) -> Iterator[AgentClient]:
         """The agent of a running machine; a dead VMM becomes ``VMCrashedError``."""
         record = self.get(vm)
+        self._require_agent(record)
         self._require(record, {MachineState.RUNNING}, operation)
-        try:
-            image = self.images.find(f"{record.image_ref}:{record.image_version}")
-        except errors.ImageError:
-            image = None  # the agent answers, or not, as before
-        if image is not None and image.build.get("agent") is False:
-            raise errors.CommandExecutionUnavailableError(
-                record.name, f"image {image.ref} has no smolbox agent",
-                remediation="Reach it over SSH: declare `ssh` and a port forward to 22 in "
-                            "a VMFile, or use smolbox.ssh.SSHClient with its keys.",
-                details={"id": record.id})
         client = self.agents.get(record.id, self.layout(record.id).run_dir)
         try:
             yield client
@@ -327,6 +318,20 @@ class Engine:
     def exec_stream(self, vm: str, cmd: list[str] | str, **options: Any) -> Iterator[ExecEvent]:
         with self.guest(vm, "exec") as agent:
             yield from agent.exec_stream(cmd, **options)
+
+    def _require_agent(self, record: MachineRecord) -> None:
+        """Hook for images without the agent (``image pull``): say so, and how to reach
+        the machine instead, rather than waiting for an agent that never answers."""
+        try:
+            image = self.images.find(f"{record.image_ref}:{record.image_version}")
+        except errors.ImageError:
+            image = None  # the agent answers, or not, as before
+        if image is not None and image.build.get("agent") is False:
+            raise errors.CommandExecutionUnavailableError(
+                record.name, f"image {image.ref} has no smolbox agent",
+                remediation="Reach it over SSH: declare `ssh` and a port forward to 22 in "
+                            "a VMFile, or use smolbox.ssh.SSHClient with its keys.",
+                details={"id": record.id})
 
     def pause(self, vm: str) -> MachineRecord:
         """Freeze the guest's vCPUs (QMP ``stop``); memory and processes stay."""
