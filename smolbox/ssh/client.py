@@ -91,10 +91,13 @@ class SSHClient:
             try:
                 self.connect()
                 return
-            except SSHError as err:
+            except SSHError as err:  # refused / reset while sshd starts; a key is final
                 if "host key" in str(err.details.get("reason")) or time.monotonic() > deadline:
                     raise
-                time.sleep(1.0)
+            except OperationTimeoutError:  # slirp accepts at once; the banner comes later
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)
 
     def exec(self, cmd: list[str] | str, *, timeout: float | None = None) -> ExecResult:
         started = time.monotonic()
