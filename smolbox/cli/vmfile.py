@@ -104,3 +104,33 @@ def status(names: list[str] | None = NAMES, file: Path | None = FILE_OPTION) -> 
                        ([s.name, "yes" if s.declared else "no (not in the file)", s.vm_id,
                          s.state, "yes" if s.in_sync else "no", f"{s.provisioned}/"
                          f"{s.provisioners}"] for s in shown))
+
+
+@app.command("ssh", context_settings={"allow_interspersed_args": False})
+def ssh(
+    name: str = typer.Argument(..., help="A machine declared in the VMFile."),
+    command: list[str] = typer.Argument(..., help="Command to run (after --)."),
+    file: Path | None = FILE_OPTION,
+) -> None:
+    """Run a command over SSH in a declared machine (images without the agent); the
+    host key is the pinned one, output streams, the exit code passes through."""
+    from smolbox.ssh import SSHClient
+    from smolbox.vmfile.foreign import ssh_target
+
+    if command and command[0] == "--":  # click keeps it when options stop at NAME
+        command = command[1:]
+    with load(file) as session:
+        decl = session.vmfile.select([name])[0]
+        record = session.engine.get(name)
+        target = ssh_target(session.engine, str(session.vmfile.path), decl, record)
+    code = 0
+    with SSHClient(target) as client:
+        for event in client.exec_stream(command):
+            if event.kind == "exit":
+                code = event.exit_code if event.exit_code is not None else 128 + (
+                    event.signal or 0)
+            else:
+                sink = sys.stdout if event.kind == "stdout" else sys.stderr
+                sink.buffer.write(event.data)
+                sink.flush()
+    raise typer.Exit(code)

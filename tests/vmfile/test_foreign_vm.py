@@ -109,6 +109,11 @@ vm "vf-foreign" {{
             client.write_file("/root/blob.bin", bytes(range(256)) * 64, mode=0o600)
             assert client.read_file("/root/blob.bin") == bytes(range(256)) * 64
             assert client.exec("stat -c %a /root/blob.bin").stdout == "600\n"
+        smolbox = str(Path(sys.executable).parent / "smolbox")
+        via_cli = subprocess.run([smolbox, "ssh", "-f", str(path), "vf-foreign", "--",
+                                  "sh", "-c", "cat /etc/hostname; exit 4"],
+                                 capture_output=True, text=True, timeout=300)
+        assert (via_cli.returncode, via_cli.stdout) == (4, "foreign1\n"), via_cli.stderr
         assert session.up()[0].action == "unchanged"  # no reboot, no rerun
     finally:
         session.down()
