@@ -164,3 +164,10 @@ def test_cli_prefixes_streamed_lines(capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out.splitlines() == [
         "==> web: provision 2 (shell)", "web | provision 2 (shell) | one",
         "web | provision 2 (shell) | two", "web | provision 2 (shell) | three"]
+
+
+def test_example_vmfile_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "vmfile"
+    vmfile = read(example)
+    assert [m.name for m in vmfile.machines] == ["web", "worker"]
+    assert vmfile.machines[0].provisioners[2].script == example / "scripts" / "setup.sh"
