@@ -52,19 +52,20 @@ class SeedSpec:
 
 def cloud_config(spec: SeedSpec) -> str:
     """The ``#cloud-config`` smolbox needs: hostname, the login user and key, host key."""
-    config = {
+    config: dict[str, object] = {
         "hostname": spec.hostname,
         "ssh_pwauth": False,
         "disable_root": spec.user != "root",
-        "users": [{"name": spec.user, "ssh_authorized_keys": [spec.authorized_key],
-                   "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/sh"}]
-        if spec.user != "root" else [],
         "ssh_authorized_keys": [spec.authorized_key],
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # the ed25519 key below is present, so nothing is generated; other types unused
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {"ed25519_private": spec.host_key_private,
                      "ed25519_public": spec.host_key_public},
     }
+    if spec.user != "root":  # root exists; for root the image's default user stays as is
+        config["users"] = [{"name": spec.user, "ssh_authorized_keys": [spec.authorized_key],
+                            "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/sh"}]
     # JSON is YAML: no YAML writer needed, and nothing in it needs quoting rules
     return "#cloud-config\n" + json.dumps(config, indent=2) + "\n"
 

@@ -95,6 +95,9 @@ vm "vf-foreign" {{
         record = engine.get("vf-foreign")
         out = "".join(t for label, s, t in lines if s == "stdout")
         assert "foreign1" in out  # hostname from the seed, output streamed over SSH
+        console = "".join(engine.logs(record.id))
+        assert "FOREIGN_SSHD_START" in console
+        assert "Invalid cloud-config" not in console  # cloud-init accepted our seed
 
         with pytest.raises(errors.CommandExecutionUnavailableError) as no_agent:
             engine.exec(record.id, "true")
