@@ -109,11 +109,12 @@ def status(names: list[str] | None = NAMES, file: Path | None = FILE_OPTION) -> 
 @app.command("ssh", context_settings={"allow_interspersed_args": False})
 def ssh(
     name: str = typer.Argument(..., help="A machine declared in the VMFile."),
-    command: list[str] = typer.Argument(..., help="Command to run (after --)."),
+    command: list[str] | None = typer.Argument(None, help="Command to run (after --); "
+                                                         "none: an interactive shell."),
     file: Path | None = FILE_OPTION,
 ) -> None:
-    """Run a command over SSH in a declared machine (images without the agent); the
-    host key is the pinned one, output streams, the exit code passes through."""
+    """Run a command, or an interactive shell, over SSH in a declared machine (images
+    without the agent); the host key is the pinned one, the exit code passes through."""
     from smolbox.ssh import SSHClient
     from smolbox.vmfile.foreign import ssh_target
 
@@ -123,6 +124,9 @@ def ssh(
         decl = session.vmfile.select([name])[0]
         record = session.engine.get(name)
         target = ssh_target(session.engine, str(session.vmfile.path), decl, record)
+    if not command:
+        with SSHClient(target) as client:
+            raise typer.Exit(client.interactive())
     code = 0
     with SSHClient(target) as client:
         for event in client.exec_stream(command):

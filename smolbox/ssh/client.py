@@ -49,6 +49,7 @@ class SSHClient:
                                         name=f"ssh-{target.vm_id}")
         self._thread.start()
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._session: asyncssh.SSHClientProcess[bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -161,6 +162,64 @@ class SSHClient:
                     return
         finally:
             future.cancel()
+
+    def interactive(self, command: str | None = None, *, stdin_fd: int = 0,
+                    stdout_fd: int = 1) -> int:
+        """A terminal session (the login shell, or ``command``) on a guest pty, relayed
+        to this process's terminal in raw mode (window size changes follow); returns
+        the exit code (128+N for signal N)."""
+        import os
+        import signal as signals
+        import termios
+        import tty
+
+        on_tty = os.isatty(stdin_fd)
+        size = os.get_terminal_size(stdin_fd) if on_tty else os.terminal_size((80, 24))
+
+        async def run() -> int:
+            conn = await self._connect()
+            process = await conn.create_process(
+                command, term_type=os.environ.get("TERM", "xterm"),
+                term_size=(size.columns, size.lines), encoding=None)
+            self._session = process
+
+            def typed() -> None:
+                data = os.read(stdin_fd, 4096)
+                if data:
+                    process.stdin.write(data)
+                else:
+                    self._loop.remove_reader(stdin_fd)
+                    process.stdin.write_eof()
+
+            self._loop.add_reader(stdin_fd, typed)
+            try:
+                while chunk := await process.stdout.read(65536):
+                    os.write(stdout_fd, chunk)
+                await process.wait_closed()
+            finally:
+                self._loop.remove_reader(stdin_fd)
+            if process.exit_signal:
+                return 128 + (_signal_number(process.exit_signal[0]) or 0)
+            return process.exit_status or 0
+
+        def resized(_signum: int, _frame: object) -> None:
+            new = os.get_terminal_size(stdin_fd)
+            session = self._session
+            if session is not None:
+                self._loop.call_soon_threadsafe(session.change_terminal_size,
+                                                new.columns, new.lines)
+
+        saved = termios.tcgetattr(stdin_fd) if on_tty else None
+        previous = signals.signal(signals.SIGWINCH, resized) if on_tty else None
+        try:
+            if on_tty:
+                tty.setraw(stdin_fd)
+            return self._call(run())
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+            if previous is not None:
+                signals.signal(signals.SIGWINCH, previous)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         async def put() -> None:

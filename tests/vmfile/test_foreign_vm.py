@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +64,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def interactive_shell(path: Path) -> None:
+    """``smolbox ssh NAME`` without a command: a guest pty in a real terminal (tmux)."""
+    sock = f"smolbox-vf-{os.getpid()}"
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-L", sock, *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    def wait_for(pattern: str) -> None:
+        deadline = time.monotonic() + 180  # a bound for a loaded host, not a timing assert
+        while not re.search(pattern, screen := tmux("capture-pane", "-p", "-J", "-t", "s")):
+            assert time.monotonic() < deadline, f"{pattern!r} never appeared:\n{screen}"
+            time.sleep(0.2)
+
+    def type_line(text: str) -> None:
+        tmux("send-keys", "-t", "s", "-l", text)
+        tmux("send-keys", "-t", "s", "Enter")
+
+    bin_dir = str(Path(sys.executable).parent)
+    tmux("new-session", "-d", "-s", "s", "-x", "120", "-y", "40", "env",
+         f"PATH={bin_dir}:{os.environ['PATH']}", "TERM=xterm", "PS1=host$ ", "bash",
+         "--norc", "--noprofile")
+    try:
+        type_line(f"smolbox ssh -f {path} vf-foreign; echo __done:$?")
+        wait_for(r"root@foreign1")
+        type_line("echo ssh-$((6*7)); tty; stty size")
+        wait_for(r"ssh-42\s+/dev/pts/\d+\s+40 120")
+        type_line("exit 6")
+        wait_for(r"__done:6")  # the shell's exit code passes through
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], check=False, capture_output=True)
 
 
 def test_foreign_image_over_ssh(engine: Engine, served_disk: tuple[str, str],
@@ -117,6 +154,8 @@ vm "vf-foreign" {{
                                   "sh", "-c", "cat /etc/hostname; exit 4"],
                                  capture_output=True, text=True, timeout=300)
         assert (via_cli.returncode, via_cli.stdout) == (4, "foreign1\n"), via_cli.stderr
+        if shutil.which("tmux"):
+            interactive_shell(path)
         assert session.up()[0].action == "unchanged"  # no reboot, no rerun
     finally:
         session.down()
