@@ -93,7 +93,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
-        version=4,
+        version=5,
         description="VMFile declarations: digest of each declared machine and its provisioners",
         sql="""
         CREATE TABLE declarations (
