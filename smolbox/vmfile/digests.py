@@ -63,7 +63,9 @@ def declaration_digest(decl: MachineDecl) -> str:
     """What cannot change without recreating the machine."""
     cloud = decl.cloud_init
     return _sha({
-        "config": decl.config.model_dump(mode="json"),
+        # what was declared, not every default: a smolbox upgrade that adds a config
+        # field must not make every machine look changed
+        "config": decl.config.model_dump(mode="json", exclude_defaults=True),
         "image_url": decl.image_url, "image_sha256": decl.image_sha256,
         "cloud_init": None if cloud is None else {
             "hostname": cloud.hostname,
