@@ -50,6 +50,7 @@ the local engine and over HTTP alike::
     │   └── NodeLostError
     ├── SnapshotCorruptError · StatePoisonedError · VMCrashedError      500
     ├── ProvisioningError
+    ├── SSHError                                502
     ├── HostError
     │   ├── KVMUnavailableError · HostToolMissingError · BackendNotAvailableError  503
     │   ├── DiskSpaceError                      507
@@ -61,7 +62,7 @@ the local engine and over HTTP alike::
     │   └── IPPoolExhaustedError                503
     ├── ImageError
     │   └── ImageDownloadError · ImageChecksumMismatchError · ImageCacheUnreadableError
-    │       ImageCorruptError · ImageFileMissingError · ImageFormatError
+    │       ImageCorruptError · ImageFileMissingError · ImageFormatError · ImageConversionError
     │       OverlayCreationError · RootfsError · ImageBuildError
     ├── VMMError
     │   └── QMPError · SpawnError · ShutdownError · JailerError · MetricsError
@@ -95,13 +96,14 @@ __all__ = [  # noqa: RUF022 - grouped by family, as in DESIGN.md
     "InvalidTransitionError", "SnapshotAlreadyExistsError", "SnapshotNotFoundError",
     "SnapshotCorruptError", "StatePoisonedError", "VMCrashedError", "ValidationError",
     "InvalidConfigError", "VMFileError", "VMFileNotFoundError", "VMFileParseError",
-    "VMFileValidationError", "ProvisioningError", "HostError", "KVMUnavailableError",
+    "VMFileValidationError", "ProvisioningError", "SSHError", "HostError", "KVMUnavailableError",
     "KVMUnavailable", "HostToolMissingError", "DiskSpaceError", "ProcessGoneError",
     "BackendNotAvailableError", "BackendNotAvailable", "NotSupportedError", "NetworkError",
     "NetworkConfigError", "NetworkSetupError", "FirewallError", "PortInUseError",
     "IPPoolExhaustedError", "ImageError", "ImageNotFoundError", "ImageAlreadyExistsError",
     "ImageDownloadError", "ImageChecksumMismatchError", "ImageCacheUnreadableError",
-    "ImageCorruptError", "ImageFileMissingError", "ImageFormatError", "OverlayCreationError",
+    "ImageCorruptError", "ImageFileMissingError", "ImageFormatError", "ImageConversionError",
+    "OverlayCreationError",
     "RootfsError", "ImageBuildError", "VMMError", "QMPError", "VMMAPIError", "FirecrackerAPIError",
     "SpawnError", "SpawnFailedError", "ShutdownError", "JailerError", "MetricsError",
     "GuestAgentError", "GuestProtocolError", "TransferCorruptError", "GuestMetadataError",
@@ -429,32 +431,52 @@ class InvalidConfigError(ValidationError):
 class VMFileError(ValidationError):
     """A machine definition file could not be used."""
     code = "VMFILE_ERROR"
-    detail_attrs = ("path", "field", "value")
+    detail_attrs: ClassVar[tuple[str, ...]] = ("path", "field", "value")
 
 
 class VMFileNotFoundError(VMFileError):
     """The machine definition file does not exist."""
     code, http_status = "VMFILE_NOT_FOUND", 404
-    default_help = "Check the path to the machine definition file."
+    default_help = "Create `VMFile.kdl` in this directory, or pass `--file PATH`."
+    template = "No VMFile at {path}"
 
 
 class VMFileParseError(VMFileError):
-    """The machine definition file is not valid syntax."""
-    code = "VMFILE_PARSE_ERROR"
-    default_help = "Fix the syntax error at the line given in `details`."
+    """The machine definition file is not valid KDL."""
+    code = "VMFILE_PARSE_FAILED"
+    default_help = "Fix the syntax at the line and column shown (KDL: https://kdl.dev)."
+    template = "{path}:{line}:{column}: {reason}"
+    detail_attrs = ("path", "line", "column", "reason", "snippet")
 
 
 class VMFileValidationError(VMFileError):
     """The machine definition file parsed but holds invalid values."""
-    code = "VMFILE_INVALID"
-    default_help = "Fix the field named in `details.field` in the machine definition file."
+    code = "VMFILE_VALIDATION"
+    default_help = "Fix each node named in `details.errors` (node path, problem, hint)."
+    template = "{path}: {node}: {reason}"
+    detail_attrs = ("path", "node", "reason", "hint", "field", "value")
 
 
 class ProvisioningError(SmolboxError):
-    """A provisioning step inside a new machine failed."""
-    code = "PROVISIONING_FAILED"
-    default_help = "Read the step's output in `details` and fix the provisioning script."
-    detail_attrs = ("vm_id", "step")
+    """A provisioning step inside a machine failed; the machine is kept for inspection."""
+    code = "PROVISION_FAILED"
+    default_help = ("Read the step's stderr tail in `details`, inspect the machine with "
+                    "`smolbox exec NAME` or `smolbox shell NAME`, fix the step and run "
+                    "`smolbox up` again (it resumes at the failed step).")
+    template = ("Machine '{vm_id}': provision step {step} ({kind}) exited with {exit_code}",
+                "Machine '{vm_id}': provision step {step} ({kind}) failed: {reason}")
+    detail_attrs, message_first = (
+        "vm_id", "step", "kind", "exit_code", "reason", "stderr_tail"), False
+
+
+class SSHError(SmolboxError):
+    """Reaching or using a machine over SSH failed (foreign images without the agent)."""
+    code, http_status = "SSH_FAILED", 502
+    default_help = ("Check that the guest runs sshd, that cloud-init installed the key, and "
+                    "the console with `smolbox logs NAME`. Host keys are pinned: a changed "
+                    "host key is refused, never accepted.")
+    template = "SSH to '{vm_id}' failed: {reason}"
+    detail_attrs, message_first = ("vm_id", "reason", "host", "port"), False
 
 
 # ------------------------------------------------------------------------------- host
@@ -607,7 +629,14 @@ class ImageFileMissingError(ImageError):
 class ImageFormatError(ImageError):
     """An image's format could not be detected or is not supported."""
     code = "IMAGE_FORMAT_UNKNOWN"
-    default_help = "Supported: smolbox image archives, `docker save` tarballs and OCI layouts."
+    default_help = ("Supported: smolbox image archives, `docker save` tarballs, OCI layouts, "
+                    "and raw or qcow2 disks for `smolbox image pull`.")
+
+
+class ImageConversionError(ImageError):
+    """Converting a disk image to the catalogue's format (``qemu-img convert``) failed."""
+    code = "IMAGE_CONVERSION_FAILED"
+    default_help = "Read qemu-img's output in `details.stderr`; the source may be damaged."
 
 
 class OverlayCreationError(ImageError):

@@ -29,7 +29,7 @@ from smolbox.images.progress import NullProgress
 from smolbox.images.progress import Progress as ProgressSink
 from smolbox.paths import Paths
 
-image_app = typer.Typer(help="Guest images: build, list, inspect, rm, import, export.",
+image_app = typer.Typer(help="Guest images: build, list, inspect, rm, import, pull, export.",
                         no_args_is_help=True)
 app.add_typer(image_app, name="image")
 
@@ -185,6 +185,29 @@ def import_image(
     else:
         image = import_image(catalog, source, sha256, name=name)
     _show_installed(image, "imported:")
+
+
+@image_app.command("pull")
+def pull(
+    url: str = typer.Argument(..., help="http(s):// or file:// URL (or a path) of a raw or "
+                                        "qcow2 disk image"),
+    sha256: str = typer.Option(..., "--sha256", help="Expected SHA-256 of the download."),
+    name: str | None = typer.Option(None, "--name", help="Catalogue name (default: from URL)."),
+    root: str | None = typer.Option(None, "--root", help="Guest root device (default: "
+                                                         "/dev/vda1 if partitioned)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Pull a foreign disk image: verify, detect the format, convert, install atomically."""
+    from smolbox.images.pull import pull_image
+
+    catalog = _catalog()
+    shown = _with_progress(quiet)
+    if shown is not None:
+        with shown:
+            image = pull_image(catalog, url, sha256, name=name, root=root, progress=shown)
+    else:
+        image = pull_image(catalog, url, sha256, name=name, root=root)
+    _show_installed(image, "pulled:")
 
 
 @image_app.command("export")

@@ -30,6 +30,7 @@ def _register_commands() -> None:
         serve,
         shell,
         snapshots,
+        vmfile,
     )
 
 

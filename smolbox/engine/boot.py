@@ -50,6 +50,20 @@ def new_machine_id() -> str:
     return f"sbx-{secrets.token_hex(4)}"
 
 
+def has_agent(image: InstalledImage) -> bool:
+    """Hook for foreign images (``image pull``): their manifest says ``agent: false``;
+    they boot without the agent handshake and are reached over SSH instead."""
+    return image.manifest.build.get("agent") is not False
+
+
+def seed_args(layout: MachineLayout) -> tuple[str, ...]:
+    """Hook: the machine's cloud-init seed as a read-only virtio disk, when it has one."""
+    if not layout.seed_disk.is_file():
+        return ()
+    return ("-drive", f"id=seed,file={layout.seed_disk},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=seed")
+
+
 def guest_cmdline(image: InstalledImage) -> str:
     parts = [image.cmdline, ENGINE_CMDLINE]
     khz = tsc_khz()
@@ -81,7 +95,8 @@ class Booter:
             run_dir=layout.run_dir, machine=image.machine, initrd=image.initrd,
             memory_mib=config.memory_mib, vcpus=config.vcpus,
             accel_args=tuple(accel.qemu_args), xfer_disk=layout.xfer_disk,
-            extra_args=network.qemu_args if network is not None else (),
+            extra_args=(*(network.qemu_args if network is not None else ()),
+                        *seed_args(layout)),
         )
 
     def cold_boot(self, vm_id: str, config: MachineConfig, image: InstalledImage,
@@ -92,7 +107,8 @@ class Booter:
             self.store.update_machine(vm_id, ip=attachment.ip)
         try:
             self.boot(vm_id, config, self.spec(vm_id, config, image, layout, attachment),
-                      layout, guest_commands=attachment.guest_commands)
+                      layout, guest_commands=attachment.guest_commands,
+                      with_agent=has_agent(image))
         except BaseException:
             self.network.detach(vm_id)
             raise
@@ -127,8 +143,11 @@ class Booter:
 
     def boot(self, vm_id: str, config: MachineConfig, spec: VMSpec, layout: MachineLayout,
              *, restore: Restore | None = None,
-             guest_commands: tuple[tuple[str, ...], ...] = ()) -> None:
-        """Spawn, optionally restore, handshake, set identity; all or nothing."""
+             guest_commands: tuple[tuple[str, ...], ...] = (), with_agent: bool = True) -> None:
+        """Spawn, optionally restore, handshake, set identity; all or nothing.
+
+        ``with_agent=False`` (an image without the agent): running once QEMU runs the guest;
+        the guest configures itself (cloud-init) and is reached over SSH."""
         layout.create()
         if spec.xfer_disk is not None:
             create_xfer_disk(spec.xfer_disk)
@@ -143,6 +162,13 @@ class Booter:
                 restore(vmm)
                 with vmm.qmp() as qmp:
                     qmp.command("cont")
+            if not with_agent:
+                if not vmm.is_alive():
+                    raise errors.VMCrashedError(
+                        name, "QEMU exited while the guest was booting",
+                        details={"id": vm_id, "stderr": vmm.stderr_tail()})
+                self.store.transition(vm_id, MachineState.RUNNING, error_reason=None)
+                return
             lease = self.wait_for_agent(vm_id, name, vmm, layout, config.timeouts.boot)
             agent = lease.client
             agent.set_identity(hostname=name, machine_id=uuid.uuid4().hex,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from smolbox.channel.types import ExecEvent, ExecResult
 from smolbox.config import MachineConfig
 from smolbox.engine import lifetime
 from smolbox.engine.admission import admit
-from smolbox.engine.boot import Booter, new_machine_id
+from smolbox.engine.boot import Booter, has_agent, new_machine_id
 from smolbox.engine.channels import AgentCache
 from smolbox.engine.disks import create_overlay
 from smolbox.engine.launcher import Launcher, QemuLauncher
@@ -145,11 +146,15 @@ class Engine:
 
     # ---------------------------------------------------------------- lifecycle
     def create(self, config: MachineConfig | None = None, *, start: bool = True,
-               use_pool: bool = True) -> MachineRecord:
+               use_pool: bool = True, seed: Path | None = None) -> MachineRecord:
         """A new machine: a template clone when ``config.uses_template``, else booted
-        from its image (or left stopped with ``start=False``). All or nothing."""
+        from its image (or left stopped with ``start=False``). All or nothing.
+
+        ``seed`` (hook for images without the agent): a cloud-init seed disk copied
+        into the machine and attached read-only on every boot."""
         config = config if config is not None else MachineConfig()
-        if start and use_pool and self.pool is not None and self.pool.matches(config):
+        if (start and use_pool and seed is None and self.pool is not None
+                and self.pool.matches(config)):
             pooled = self.pool.take()
             if pooled is not None:
                 return self._adopt(pooled, config)
@@ -173,7 +178,10 @@ class Engine:
             ))
         try:
             layout.create()
-            if start and config.uses_template:
+            if seed is not None:
+                shutil.copyfile(seed, layout.seed_disk)
+                layout.seed_disk.chmod(0o600)
+            if start and config.uses_template and has_agent(image):
                 template = self.snapshots.template_for(image, config)
                 self.store.update_machine(vm_id, source_snapshot=template.name)
                 self.booter.from_snapshot(vm_id, config, template, layout)
@@ -312,6 +320,7 @@ class Engine:
     def guest(self, vm: str, operation: str) -> Iterator[AgentClient]:
         """The agent of a running machine; a dead VMM becomes ``VMCrashedError``."""
         record = self.get(vm)
+        self._require_agent(record)
         self._require(record, {MachineState.RUNNING}, operation)
         if record.error_reason is not None:  # reconcile saw it stuck: fail fast if still so
             self._raise_if_stuck(record)
@@ -356,6 +365,20 @@ class Engine:
     def exec_stream(self, vm: str, cmd: list[str] | str, **options: Any) -> Iterator[ExecEvent]:
         with self.guest(vm, "exec") as agent:
             yield from agent.exec_stream(cmd, **options)
+
+    def _require_agent(self, record: MachineRecord) -> None:
+        """Hook for images without the agent (``image pull``): say so, and how to reach
+        the machine instead, rather than waiting for an agent that never answers."""
+        try:
+            image = self.images.find(f"{record.image_ref}:{record.image_version}")
+        except errors.ImageError:
+            image = None  # the agent answers, or not, as before
+        if image is not None and image.build.get("agent") is False:
+            raise errors.CommandExecutionUnavailableError(
+                record.name, f"image {image.ref} has no smolbox agent",
+                remediation="Reach it over SSH: declare `ssh` and a port forward to 22 in "
+                            "a VMFile, or use smolbox.ssh.SSHClient with its keys.",
+                details={"id": record.id})
 
     def pause(self, vm: str) -> MachineRecord:
         """Freeze the guest's vCPUs (QMP ``stop``); memory and processes stay."""

@@ -38,6 +38,11 @@ class MachineLayout:
         return self.machine_dir / "xfer.img"
 
     @property
+    def seed_disk(self) -> Path:
+        """A cloud-init seed (raw, read-only to the guest) for an image without the agent."""
+        return self.machine_dir / "seed.img"
+
+    @property
     def console_log(self) -> Path:
         return self.machine_dir / "console.log"
 

@@ -52,7 +52,8 @@ class ImageManifest(BaseModel):
     kernel: str
     kernel_kind: Literal["minimal", "debian"]
     rootfs: str
-    rootfs_format: Literal["raw-ext4"] = "raw-ext4"
+    #: ``raw-disk``: a pulled disk (maybe partitioned), booted with the root the cmdline names
+    rootfs_format: Literal["raw-ext4", "raw-disk"] = "raw-ext4"
     initrd: str | None = None
     cmdline: str = Field(min_length=1)
     machine: str = MINIMAL_MACHINE

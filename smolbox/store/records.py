@@ -86,6 +86,19 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class DeclarationRecord:
+    """A machine made from a VMFile: which file and name declared it, the digest of that
+    declaration, and the chained input digests of the provisioning steps that ran."""
+
+    vm_id: str
+    source: str
+    name: str
+    declaration_sha: str
+    provisioned: tuple[str, ...] = ()
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class Lease:
     """A guest IPv4 address (and MAC) held by one machine."""
 
@@ -145,6 +158,13 @@ def snapshot_from_row(row: sqlite3.Row) -> SnapshotRecord:
 def image_from_row(row: sqlite3.Row) -> ImageRecord:
     return ImageRecord(name=row["name"], version=row["version"], path=row["path"],
                        manifest_sha=row["manifest_sha"], installed_at=row["installed_at"])
+
+
+def declaration_from_row(row: sqlite3.Row) -> DeclarationRecord:
+    return DeclarationRecord(vm_id=row["vm_id"], source=row["source"], name=row["name"],
+                             declaration_sha=row["declaration_sha"],
+                             provisioned=tuple(json.loads(row["provisioned"])),
+                             updated_at=row["updated_at"])
 
 
 def lease_from_row(row: sqlite3.Row) -> Lease:

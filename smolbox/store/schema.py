@@ -100,6 +100,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX machines_expires_at ON machines (expires_at);
         """,
     ),
+    Migration(
+        version=5,
+        description="VMFile declarations: digest of each declared machine and its provisioners",
+        sql="""
+        CREATE TABLE declarations (
+            vm_id             TEXT PRIMARY KEY REFERENCES machines (id) ON DELETE CASCADE,
+            source            TEXT NOT NULL,
+            name              TEXT NOT NULL,
+            declaration_sha   TEXT NOT NULL,
+            provisioned       TEXT NOT NULL DEFAULT '[]',
+            updated_at        REAL NOT NULL
+        );
+        CREATE INDEX declarations_source ON declarations (source);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

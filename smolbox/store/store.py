@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import ipaddress
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,11 +27,13 @@ from smolbox.store import reserve
 from smolbox.store.db import DEFAULT_BUSY_TIMEOUT_S, Database
 from smolbox.store.records import (
     MACHINE_FIELDS,
+    DeclarationRecord,
     ImageRecord,
     Lease,
     MachineRecord,
     SnapshotRecord,
     SnapshotState,
+    declaration_from_row,
     dump_json,
     image_from_row,
     lease_from_row,
@@ -358,6 +361,35 @@ class Store:
                                     (name, version)):
                 raise errors.ImageNotFoundError(f"Image {name}:{version} is not installed",
                                                 image=f"{name}:{version}")
+
+    # ============================================================ declarations
+    # Rows go with their machine (ON DELETE CASCADE), so a deleted machine leaves none.
+
+    def put_declaration(self, rec: DeclarationRecord) -> DeclarationRecord:
+        """Record (or replace) what a VMFile declared for a machine and what ran in it."""
+        stored = replace(rec, updated_at=time.time())
+        with self._db.write("record declaration"):
+            self._db.execute(
+                "INSERT OR REPLACE INTO declarations (vm_id, source, name, declaration_sha, "
+                "provisioned, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (stored.vm_id, stored.source, stored.name, stored.declaration_sha,
+                 json.dumps(list(stored.provisioned)), stored.updated_at),
+                operation="record declaration")
+        return stored
+
+    def get_declaration(self, vm_id: str) -> DeclarationRecord | None:
+        rows = self._db.query("SELECT * FROM declarations WHERE vm_id = ?", (vm_id,),
+                              operation="get declaration")
+        return declaration_from_row(rows[0]) if rows else None
+
+    def list_declarations(self, source: str | None = None) -> list[DeclarationRecord]:
+        """Declarations of one VMFile (its absolute path), or of all of them."""
+        if source is None:
+            rows = self._db.query("SELECT * FROM declarations ORDER BY source, name")
+        else:
+            rows = self._db.query("SELECT * FROM declarations WHERE source = ? ORDER BY name",
+                                  (source,), operation="list declarations")
+        return [declaration_from_row(row) for row in rows]
 
     # ================================================================== leases
 

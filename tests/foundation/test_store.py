@@ -12,6 +12,7 @@ import pytest
 from smolbox import errors
 from smolbox.store import ImageRecord, SnapshotRecord, SnapshotState, Store
 from smolbox.store.db import Database
+from smolbox.store.schema import LATEST_VERSION
 from smolbox.store.states import MachineState as S
 
 from .conftest import machine
@@ -22,7 +23,7 @@ NET = ipaddress.IPv4Network("10.20.0.0/29")  # guests .2-.6; .1 is the gateway
 def test_open_sets_wal_foreign_keys_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "smolbox.db"
     with Store.open(path) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == LATEST_VERSION
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -277,13 +278,13 @@ def test_upgrade_from_schema_v1_keeps_rows(tmp_path: Path) -> None:
     assert "ip" not in columns
     old.close()
     with Store.open(path) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == LATEST_VERSION
         rec = store.get_machine("legacy")
         assert (rec.state, rec.ip, rec.source_snapshot, rec.config) == (
             S.STOPPED, None, None, {"vcpus": 1})
         assert store.update_machine("m1", ip="10.0.0.2", source_snapshot="s1").ip == "10.0.0.2"
     with Store.open(path) as again:  # reopening does not re-run migrations
-        assert again.schema_version() == 4
+        assert again.schema_version() == LATEST_VERSION
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
