@@ -25,6 +25,7 @@ Leaks are reported first and cleaned up after, so the evidence is in the message
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -111,10 +112,8 @@ def session_processes(session: Session) -> dict[int, str]:
 
 def _kill(pids: Iterable[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- store + files
