@@ -259,11 +259,17 @@ def test_reconcile_kills_orphaned_qemu_and_removes_its_files(engine: Engine) -> 
 
 def test_boot_timeout_reports_console_tail_and_cleans_up(engine: Engine) -> None:
     before = {r.id for r in engine.list_machines()}
+    run_dirs = {d.name for d in engine.paths.run.iterdir()}
+    qemus = set(qemu_processes_under(engine.paths.run))
     with pytest.raises(errors.OperationTimeoutError) as caught:
         engine.create(MachineConfig(timeouts={"boot": 0.3}, from_template=False))
     assert "console_tail" in caught.value.details
     assert {r.id for r in engine.list_machines()} == before
     assert not [d for d in engine.paths.machines.iterdir() if d.name not in before]
+    assert not [d for d in engine.paths.run.iterdir() if d.name not in run_dirs], \
+        "run dir left behind"
+    new_qemus = set(qemu_processes_under(engine.paths.run)) - qemus
+    assert not new_qemus, f"the timed-out machine's QEMU is still running: {new_qemus}"
 
 
 def test_unknown_image_leaves_no_row(engine: Engine) -> None:
