@@ -374,3 +374,30 @@ def test_an_image_in_use_cannot_be_removed(engine: Engine, machine: MachineRecor
     assert machine.name in caught.value.details["machines"]
     assert engine.images.get("default").rootfs.exists()
     assert engine.exec(machine.id, "echo still-fine").stdout == "still-fine\n"
+
+
+def test_the_console_log_stays_bounded_and_keeps_the_newest_output(
+        engine: Engine, machine: MachineRecord) -> None:
+    """A guest flooding its console: the ring drops the oldest bytes, the host log keeps
+    at most LOG_LIMIT bytes and always the latest output."""
+    from smolbox.vmm.console import LOG_LIMIT
+    from smolbox.vmm.spec import CONSOLE_RING_BYTES
+
+    log = engine.layout(machine.id).console_log
+    chunk = (CONSOLE_RING_BYTES * 3) // 4
+    for i in range(4):  # 3 MiB in all, drained after each chunk
+        engine.exec(machine.id, f"head -c {chunk} /dev/zero | tr '\\0' x > /dev/ttyS0; "
+                                f"echo FLOOD-MARK-{i} > /dev/ttyS0", timeout=600).assert_success()
+        text = "".join(engine.logs(machine.id))
+        assert f"FLOOD-MARK-{i}" in text, "the newest console output is missing"
+        assert log.stat().st_size <= LOG_LIMIT
+    assert "FLOOD-MARK-0" not in "".join(engine.logs(machine.id)), "the log was not trimmed"
+    # one flood bigger than the ring: only the ring's worth reaches the host
+    before = log.stat().st_size
+    engine.exec(machine.id, f"head -c {CONSOLE_RING_BYTES * 2} /dev/zero | tr '\\0' y "
+                            "> /dev/ttyS0; echo FLOOD-END > /dev/ttyS0",
+                timeout=600).assert_success()
+    text = "".join(engine.logs(machine.id))
+    assert text.rstrip().endswith("FLOOD-END")
+    assert text.count("y") <= CONSOLE_RING_BYTES
+    assert log.stat().st_size <= LOG_LIMIT and before <= LOG_LIMIT
