@@ -177,3 +177,17 @@ def _dead(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_forgotten_tmux_server_fails_the_session(tmp_path: Path) -> None:
+    done = run_session(tmp_path, """
+        import subprocess
+        def test_forgets():
+            subprocess.run(["tmux", "-L", "leaky", "new-session", "-d", "-s", "s",
+                            "sleep 1000"], check=True)
+    """)
+    assert_leak_reported(done, "tmux", "temp dir")
+    # the server is gone: its socket under the session's TMUX_TMPDIR was removed too
+    assert "tmux -L leaky" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                 text=True).stdout
