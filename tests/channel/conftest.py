@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from smolbox.channel import AgentClient
+from tests.leakguard import SESSION_VAR, session_tag
 
 from .hostile import HostileGuest
 
@@ -35,6 +36,10 @@ class AgentProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.strip() == b"SMOLBOX_READY", line
+        # The agent hands commands a fresh environment: give them the session's tag
+        # so the leak guard (tests/leakguard.py) sees a command a test left running.
+        with self.connect() as client:
+            client.set_env({SESSION_VAR: session_tag()})
 
     def connect(self, timeout: float = 10.0) -> AgentClient:
         return AgentClient.connect(self.socket, vm_id="test-vm", timeout=timeout)

@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -24,35 +23,31 @@ from smolbox.errors import (
 from .conftest import AgentProcess
 
 
-def _pids_with(marker: str) -> list[int]:
-    """Processes on this host whose command line holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _dead(pid: int, wait: float = 10.0) -> bool:
+    """True once ``pid`` has ended: gone from /proc, or a zombie nobody reaped yet
+    (SIGKILL is asynchronous and PID 1 of these machines reaps lazily)."""
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
-            continue
-        if marker.encode() in cmdline and b"sbmark" in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def _gone(marker: str) -> bool:
-    """True once no live process carries ``marker`` (SIGKILL teardown is asynchronous)."""
-    for _ in range(200):
-        live = []
-        for pid in _pids_with(marker):
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-                    live.append(pid)
-            except OSError:
-                pass
-        if not live:
             return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    return False
+
+
+def _pids(path: Path, count: int) -> list[int]:
+    """The pids a command wrote to ``path`` (one a line), once all ``count`` are there."""
+    deadline = time.monotonic() + 30
+    while True:
+        lines = path.read_text().split() if path.exists() else []
+        if len(lines) >= count:
+            return [int(pid) for pid in lines]
+        assert time.monotonic() < deadline, f"the command never wrote its pids to {path}"
+        time.sleep(0.05)
 
 
 def test_exec_outputs_and_exit_codes(client: AgentClient) -> None:
@@ -110,14 +105,19 @@ def test_binary_stdout_byte_exact(client: AgentClient) -> None:
     assert res.stdout == "\x00\ufffd\ufffdabc\n"
 
 
-def test_timeout_kills_process_group_and_machine_stays_usable(client: AgentClient) -> None:
-    marker = f"sbmark{uuid.uuid4().hex[:8]}"
+def test_timeout_kills_process_group_and_machine_stays_usable(client: AgentClient,
+                                                             tmp_path: Path) -> None:
+    """The shell, its backgrounded child and its foreground child all end on timeout:
+    a kill of the shell alone would leave both sleeps running."""
+    pids = tmp_path / "pids"
+    script = f"sleep 100 & echo $! > {pids}; echo $$ >> {pids}; sleep 100"
     with pytest.raises(OperationTimeoutError) as info:
-        client.exec(["sh", "-c", f"sleep 100 & exec sleep 100 # {marker}", marker], timeout=1)
+        client.exec(["sh", "-c", script], timeout=1)
     assert info.value.operation == "exec" and info.value.timeout_seconds == 1
     assert client.exec("echo alive").stdout == "alive\n"
-    # the backgrounded sleep was in the same process group: it is gone too
-    assert _gone(marker)
+    background, shell = _pids(pids, 2)
+    assert _dead(shell), "the timed-out shell survived"
+    assert _dead(background), "the backgrounded sleep survived: not a process-group kill"
 
 
 def test_stdin_small_and_larger_than_the_credit_window(client: AgentClient) -> None:
@@ -169,17 +169,17 @@ def test_exec_stream_events_in_order(client: AgentClient) -> None:
     assert (out, err) == (b"a\nc\n", b"b\n")
 
 
-def test_exec_stream_early_stop_kills_the_command(client: AgentClient) -> None:
-    marker = f"sbmark{uuid.uuid4().hex[:8]}"
-    stream = client.exec_stream(["sh", "-c", "echo first; exec sleep 100", marker])
+def test_exec_stream_early_stop_kills_the_command(client: AgentClient, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    stream = client.exec_stream(["sh", "-c", f"sleep 100 & echo $! > {pids}; "
+                                 f"echo $$ >> {pids}; echo first; exec sleep 100"])
     first = next(stream)
     assert first.kind == "stdout" and first.data == b"first\n"
     stream.close()
     assert client.exec("echo ok").stdout == "ok\n"
-    # the cancel is asynchronous: wait for the guest to reap it through a normal exec
-    pattern = f"[{marker[0]}]{marker[1:]}"  # does not match the waiting shell itself
-    client.exec(["sh", "-c", f"while pgrep -f '{pattern}' >/dev/null; do sleep 0.05; done"],
-                timeout=10)
+    background, command = _pids(pids, 2)  # ``exec``: the shell's pid is now the sleep's
+    assert _dead(command), "closing the stream did not kill the command"
+    assert _dead(background), "closing the stream left the command's group running"
 
 
 def test_spawn_kill_and_stdin(client: AgentClient) -> None:
@@ -228,20 +228,21 @@ def test_closed_client_raises_and_reconnect_works(private_agent: AgentProcess) -
         assert again.ping() > 0
 
 
-def test_agent_killed_mid_exec_gives_typed_error(private_agent: AgentProcess) -> None:
+def test_agent_killed_mid_exec_gives_typed_error(private_agent: AgentProcess,
+                                                tmp_path: Path) -> None:
     c = private_agent.connect()
     outcome: list[BaseException] = []
+    pids = tmp_path / "pids"
 
     def run() -> None:
         try:
-            c.exec("sleep 100")
+            c.exec(["sh", "-c", f"echo $$ > {pids}; exec sleep 100"])
         except BaseException as exc:
             outcome.append(exc)
 
     t = threading.Thread(target=run)
     t.start()
-    # wait until the command really runs, then kill the agent under it
-    c.exec("true")
+    (command,) = _pids(pids, 1)  # the command really runs: kill the agent under it
     private_agent.proc.kill()
     t.join(timeout=30)
     assert not t.is_alive()
@@ -250,3 +251,7 @@ def test_agent_killed_mid_exec_gives_typed_error(private_agent: AgentProcess) ->
     with pytest.raises(CommandExecutionUnavailableError):
         c.exec("true")
     c.close()
+    # On the host nothing dies with the agent (in a VM the machine would): end the
+    # orphaned command's group ourselves.
+    os.killpg(command, signal.SIGKILL)
+    assert _dead(command)

@@ -61,11 +61,14 @@ class FailurePlan:
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def hit(self, step: str) -> None:
+    def due(self, step: str) -> bool:
+        """Count a call of ``step``; True when this is the call that must fail."""
         with self.lock:
             self.calls[step] += 1
-            due = step == self.step and self.calls[step] == self.nth
-        if due:
+            return step == self.step and self.calls[step] == self.nth
+
+    def hit(self, step: str) -> None:
+        if self.due(step):
             raise injected(step)
 
 
@@ -150,8 +153,11 @@ class FakeAgent:
 
     def exec(self, cmd: list[str] | str, **options: Any) -> ExecResult:
         self.plan.hit("exec")
-        return ExecResult(exit_code=0, signal=None, command=list(cmd) if isinstance(cmd, list)
-                          else [cmd])
+        command = list(cmd) if isinstance(cmd, list) else [cmd]
+        if self.plan.due("exec:exit1"):  # the command runs but fails in the guest
+            return ExecResult(exit_code=1, signal=None, command=command,
+                              stderr_bytes=b"fake_vmm: RTNETLINK answers: File exists\n")
+        return ExecResult(exit_code=0, signal=None, command=command)
 
     def sync_time(self) -> None:
         self.plan.hit("sync_time")

@@ -141,6 +141,19 @@ def test_cold_boot_rolls_back_including_guest_network_setup(engine: Engine,
     assert not launcher.open_agents()
 
 
+def test_a_guest_network_command_that_fails_is_a_network_setup_error(
+        engine: Engine, launcher: FakeLauncher) -> None:
+    """The guest runs its network configuration and it exits non-zero: the create
+    fails as NETWORK_SETUP_FAILED naming the step, and nothing is left."""
+    fail_at(launcher, "exec:exit1")
+    with pytest.raises(errors.NetworkSetupError) as caught:
+        engine.create(MachineConfig(network={"mode": "user", "egress": "open"}, **SMALL))
+    assert caught.value.details["step"] == "configure guest"
+    assert "File exists" in caught.value.details["stderr"]
+    assert leftovers(engine, launcher) == {}
+    assert not launcher.open_agents()
+
+
 @pytest.mark.parametrize("step,nth", [("spawn", 1), ("spawn", 2), ("qmp:cont", 1),
                                       ("load_state", 1), ("save_state", 1), ("save_state", 2),
                                       ("set_identity", 1)])

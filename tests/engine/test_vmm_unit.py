@@ -120,3 +120,16 @@ def test_ladder_never_signals_a_reused_pid(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_append_bounded_keeps_only_the_newest_bytes(tmp_path: Path) -> None:
+    from smolbox.vmm.console import append_bounded, tail
+
+    log = tmp_path / "console.log"
+    append_bounded(log, b"a" * 600, limit=1000)
+    append_bounded(log, b"b" * 600, limit=1000)
+    data = log.read_bytes()
+    assert len(data) == 1000 and data == b"a" * 400 + b"b" * 600
+    assert tail(log, limit=10) == "b" * 10
+    assert tail(tmp_path / "missing.log") == ""
+    assert not list(tmp_path.glob("*.tmp"))

@@ -183,3 +183,35 @@ def test_permission_denied_catalogue_is_unreadable(tmp_path: Path) -> None:
         answer = pipe.read().decode()
     os.waitpid(pid, 0)
     assert answer == "IMAGE_CACHE_UNREADABLE"
+
+
+def test_an_install_the_file_system_refuses_is_an_image_error(catalog: ImageCatalog) -> None:
+    """A finished image on another file system cannot be renamed into place (EXDEV):
+    the catalogue says so, with the target, and installs nothing."""
+    if os.stat("/dev/shm").st_dev == os.stat(catalog.root.parent).st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    import shutil
+    import tempfile
+
+    from smolbox.images import ImageFile
+    from smolbox.images.hashing import sha256_file
+    from smolbox.images.manifest import BASE_CMDLINE
+
+    elsewhere = Path(tempfile.mkdtemp(prefix="sbt-img-", dir="/dev/shm"))
+    try:
+        image_dir = elsewhere / "image"
+        image_dir.mkdir()
+        (image_dir / "vmlinux").write_bytes(b"K" * 100)
+        (image_dir / "rootfs.ext4").write_bytes(b"R" * 100)
+        files = {p.name: ImageFile(size=p.stat().st_size, sha256=sha256_file(p))
+                 for p in image_dir.iterdir()}
+        manifest = ImageManifest(name="small", version="v1", kernel="vmlinux",
+                                 kernel_kind="minimal", rootfs="rootfs.ext4",
+                                 cmdline=BASE_CMDLINE, files=files, build={"test": True})
+        with pytest.raises(ImageError) as info:
+            catalog.install(image_dir, manifest)
+        assert type(info.value) is ImageError and info.value.code == "IMAGE_ERROR"
+        assert "Cannot install image small:v1" in info.value.message
+        assert catalog.list() == []
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)

@@ -28,6 +28,7 @@ from smolbox.network import NetSettings, NetworkAttachment, NetworkManager
 from smolbox.network.names import tap_alias, tap_name
 from smolbox.paths import Paths
 from smolbox.store import MachineRecord, Store
+from tests.leakguard import session_tag
 
 OUTSIDE_NET = "10.250.0.0/24"
 HOST_UPLINK = "10.250.0.1"
@@ -38,7 +39,22 @@ METADATA = "169.254.169.254"
 GUEST_NET = "10.213.7.0/24"
 SERVER_PORT = 8080
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+ROOT_FIXTURES = {"testnet", "manager"}
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that build namespaces need root: skip them (only them) without it.
+
+    Why a hook: ``pytestmark`` in a conftest is not applied to the tests it covers.
+    """
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root for network namespaces")
+    for item in items:
+        if item.path.is_relative_to(HERE) and ROOT_FIXTURES & set(
+                getattr(item, "fixturenames", ())):
+            item.add_marker(skip)
 
 _SERVER = r"""
 import socket, sys, threading
@@ -140,7 +156,7 @@ class NetLab:
 
 @pytest.fixture
 def testnet() -> Iterator[NetLab]:
-    tag = secrets.token_hex(3)
+    tag = session_tag() + secrets.token_hex(2)  # the leak guard finds leftovers by it
     net = NetLab(tag=tag, host=f"sbxt-h-{tag}", outside=f"sbxt-o-{tag}")
     try:
         for ns in (net.host, net.outside):

@@ -1,9 +1,9 @@
 """Real-VM network acceptance: QEMU guests through the engine's NetworkManager.
 
-Skipped until the engine wires :class:`smolbox.network.NetworkManager` in (it calls
-``attach`` before spawning QEMU, appends ``qemu_args``, runs ``guest_commands``
-through the agent after boot, and ``detach`` on delete). The packet policy itself
-is proven without VMs in test_policy.py, on the very same nft tables.
+The engine wires :class:`smolbox.network.NetworkManager` in (it calls ``attach``
+before spawning QEMU, appends ``qemu_args``, runs ``guest_commands`` through the
+agent after boot, and ``detach`` on delete). The packet policy itself is proven
+without VMs in test_policy.py, on the very same nft tables.
 
 Traffic goes only to servers these tests start on the host's loopback (reached
 from a user-mode guest through slirp's 10.0.2.2) or inside the guest.
@@ -12,7 +12,6 @@ from a user-mode guest through slirp's 10.0.2.2) or inside the guest.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import socket
 import threading
 import urllib.request
@@ -21,15 +20,11 @@ from typing import Any
 
 import pytest
 
-import smolbox.engine.engine as engine_module
 from smolbox.config import MachineConfig
 from smolbox.errors import VMNotFoundError
+from tests.leakguard import session_tag
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif("NetworkManager" not in inspect.getsource(engine_module),
-                       reason="the engine does not use NetworkManager yet"),
-]
+pytestmark = pytest.mark.vm
 
 
 @pytest.fixture
@@ -149,7 +144,7 @@ def outside_hosts() -> Iterator[tuple[str, str]]:
                if not any(n.overlaps(t) for t in taken))
     host_ip, allowed, other = (str(net.network_address + i) for i in (1, 10, 11))
     tag = secrets.token_hex(3)
-    ns, veth = f"sbxt-vmo-{tag}", f"sbxto{tag}"
+    ns, veth = f"sbxt-vmo-{session_tag()}{tag}", f"sbxto{tag}"  # the leak guard knows the tag
     servers: list[subprocess.Popen[str]] = []
 
     def sh(*argv: str) -> None:
