@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from smolbox.engine.channels import AgentLease, claim_agent
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm.handle import QemuHandle, VMMHandle
-from smolbox.vmm.jail import JailSettings
 from smolbox.vmm.spec import VMSpec
 
 

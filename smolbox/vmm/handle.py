@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smolbox.errors import SmolboxError
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm import console, jail
-from smolbox.vmm.jail import JailSettings
 from smolbox.vmm.migration import load_state, save_state
 from smolbox.vmm.process import read_tail, spawn
 from smolbox.vmm.qmp import QMPSession

@@ -47,6 +47,7 @@ from typing import Any
 
 from smolbox import errors
 from smolbox.host import cgroups
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm import uids
 from smolbox.vmm.spec import VMSpec, build_argv
@@ -61,65 +62,10 @@ PIDS_BASE = 128  # QEMU's main, RCU and I/O worker pool (up to 64) threads
 RLIMIT_NOFILE = 4096
 RECORD = "jail.json"  # in the run dir: what release() must undo
 JAIL_DIR = "jail"  # in the run dir: the (empty on the host) chroot mount point
-DEFAULT_UIDS = "1800000000-1800065535"
-DEFAULT_STATE = "/run/smolbox-jail"
 SPAWN_TIMEOUT = 30.0
 _TUNSETIFF = 0x400454CA
 _IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 _EXEC_SCRIPT = Path(__file__).with_name("jail_exec.py")
-
-
-@dataclass(frozen=True)
-class JailSettings:
-    """``SMOLBOX_JAIL`` (on|off), ``SMOLBOX_JAIL_UIDS`` (FIRST-LAST), and the host-wide
-    claim directory ``SMOLBOX_JAIL_STATE`` (a tmpfs path, so a reboot frees all)."""
-
-    enabled: bool = True
-    uids: uids.UidRange = field(default_factory=lambda: _parse_uids(DEFAULT_UIDS))
-    state_dir: Path = Path(DEFAULT_STATE)
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> JailSettings:
-        env = dict(os.environ) if env is None else env
-        mode = env.get("SMOLBOX_JAIL", "on").strip().lower()
-        if mode not in ("on", "off"):
-            raise errors.InvalidConfigError(f"SMOLBOX_JAIL must be 'on' or 'off', not {mode!r}",
-                                            field="SMOLBOX_JAIL", value=mode)
-        return cls(enabled=mode == "on",
-                   uids=_parse_uids(env.get("SMOLBOX_JAIL_UIDS", DEFAULT_UIDS)),
-                   state_dir=Path(env.get("SMOLBOX_JAIL_STATE") or DEFAULT_STATE))
-
-
-def _parse_uids(text: str) -> uids.UidRange:
-    first, _, last = text.partition("-")
-    if not (first.strip().isdigit() and last.strip().isdigit()) or int(first) + 1 > int(last) \
-            or int(first) == 0:
-        raise errors.InvalidConfigError(f"SMOLBOX_JAIL_UIDS must be FIRST-LAST (FIRST > 0), "
-                                        f"not {text!r}", field="SMOLBOX_JAIL_UIDS", value=text)
-    return uids.UidRange(int(first), int(last))
-
-
-def support() -> dict[str, str]:
-    """Which layers this host can give (layer -> 'yes' or why not), for doctor."""
-    host = cgroups.detect()
-    root = os.geteuid() == 0
-    layers = {
-        "uid": "yes" if root else "needs root",
-        "namespace": "yes" if root and Path("/proc/self/ns/pid").exists() else "needs root",
-        "chroot": "yes" if root else "needs root",
-        "seccomp": "yes" if _seccomp_available() else "kernel has no seccomp filter",
-        "cgroup": (f"v{host.version}" if host is not None and root
-                   else "needs root" if host is not None else
-                   "no hierarchy with memory, cpu and pids"),
-    }
-    return layers
-
-
-def _seccomp_available() -> bool:
-    try:
-        return "Seccomp:" in Path("/proc/self/status").read_text()
-    except OSError:
-        return False
 
 
 def limits_for(spec: VMSpec) -> cgroups.Limits:
@@ -300,6 +246,8 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     if spec.ram.kind == "file" and spec.ram.path is not None and not spec.ram.path.exists():
         spec.ram.path.touch(mode=0o600)  # a bind mount needs an existing file
     binds, owned, readable = plan_binds(spec)
+    made.record["owned"] = [str(p) for p in owned]
+    made.save()
     try:
         for path in owned:
             _own(path, claim.uid)
@@ -416,6 +364,9 @@ def release(run_dir: Path, settings: JailSettings | None = None) -> None:
     host = cgroups.detect()
     if record.get("cgroup") and host is not None:
         cgroups.remove(host, str(record["cgroup"]))
+    for owned in record.get("owned", []):
+        with suppress(OSError):
+            os.chown(owned, 0, 0)  # the uid may go to another machine next
     if record.get("claim"):
         uids.release(Path(record["claim"]))
     with suppress(OSError):
@@ -425,12 +376,12 @@ def release(run_dir: Path, settings: JailSettings | None = None) -> None:
 
 def sweep(run_root: Path, known: set[str], live: set[str],
           settings: JailSettings) -> list[str]:
-    """Reconcile: uid claims made under ``run_root`` (this home) for machines not in
-    ``live``, and the empty cgroups of ``known`` machines (rows and run dirs of this
-    home) that are not live. Groups of other homes are never touched."""
+    """Reconcile: stale uid claims made under ``run_root`` (this home; stale: their
+    QEMU, or before spawn their claimer, is dead), and the empty cgroups of ``known``
+    machines (rows of this home) that are not live. Other homes are never touched."""
     removed: list[str] = []
     for path, vm_id in uids.claims_of(settings.state_dir, run_root).items():
-        if vm_id not in live:
+        if vm_id not in live and uids.stale(path):
             uids.release(path)
             removed.append(f"uid claim {path.name} ({vm_id})")
     host = cgroups.detect()

@@ -150,7 +150,7 @@ def main() -> int:
                 _confine(plan)
             except StepError as err:
                 os.write(errors_w, json.dumps({"step": err.step, "error": str(err)}).encode())
-            except BaseException as err:  # noqa: BLE001 - reported, never raised past exec
+            except BaseException as err:
                 os.write(errors_w, json.dumps({"step": "chroot", "error": repr(err)}).encode())
             os._exit(127)
         os.close(errors_w)

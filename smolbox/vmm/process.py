@@ -15,8 +15,9 @@ from contextlib import suppress
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
-from smolbox.vmm.jail import JailSettings, spawn_jailed
+from smolbox.vmm.jail import spawn_jailed
 from smolbox.vmm.spec import VMSpec, build_argv
 
 QEMU_BINARY = "qemu-system-x86_64"

@@ -17,19 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.host.jailhost import UidRange
 from smolbox.host.procs import ProcessIdentity, owner_alive, owner_token
-
-
-@dataclass(frozen=True)
-class UidRange:
-    """``first`` is the shared reader group of jailed QEMUs; machines get the rest."""
-
-    first: int
-    last: int
-
-    @property
-    def reader_gid(self) -> int:
-        return self.first
 
 
 @dataclass(frozen=True)
@@ -38,7 +27,8 @@ class Claim:
     path: Path
 
 
-def _stale(path: Path) -> bool:
+def stale(path: Path) -> bool:
+    """Whether the claim's QEMU (or, before spawn, its claimer) is gone."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -63,7 +53,7 @@ def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Cla
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             except FileExistsError:
-                if _stale(path):
+                if stale(path):
                     with suppress(FileNotFoundError):
                         path.unlink()
                     continue
