@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from smolbox import errors
 from smolbox.errors import SmolboxError
 from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
@@ -108,8 +109,14 @@ class QemuHandle:
 
     def load_state(self, src: Path, *, ignore_shared: bool) -> None:
         """Load ``src`` into a QEMU started with ``incoming``; it ends paused."""
-        with QMPSession(self.qmp_socket, timeout=SNAPSHOT_QMP_TIMEOUT) as session:
-            load_state(session, src, ignore_shared=ignore_shared)
+        try:
+            with QMPSession(self.qmp_socket, timeout=SNAPSHOT_QMP_TIMEOUT) as session:
+                load_state(session, src, ignore_shared=ignore_shared)
+        except errors.VMMError as err:
+            if self.is_alive():
+                raise
+            raise errors.SpawnError(f"QEMU exited before it loaded the state: {err.message}",
+                                    details={"stderr": self.stderr_tail()}) from None
 
     def run_state(self) -> str | None:
         """QEMU's own run state (QMP ``query-status``: ``running``, ``paused``,

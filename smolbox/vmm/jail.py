@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -308,6 +309,18 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     return identity
 
 
+def _accepts(socket_path: Path) -> bool:
+    """QMP listens (a bare connect, closed at once: QEMU then serves the next client)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(socket_path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _tail(path: Path) -> str:
     try:
         return path.read_bytes()[-4000:].decode("utf-8", "replace")
@@ -319,7 +332,7 @@ def _wait_for_sockets(spec: VMSpec, identity: ProcessIdentity) -> None:
     """What ``-daemonize`` used to guarantee: QMP and agent sockets exist on return."""
     deadline = time.monotonic() + SPAWN_TIMEOUT
     wanted = [spec.qmp_socket, *spec.agent_sockets]
-    while not all(path.exists() for path in wanted):
+    while not (all(path.exists() for path in wanted) and _accepts(spec.qmp_socket)):
         if not identity.is_alive():
             raise errors.SpawnError("QEMU exited while starting in its jail",
                                     details={"stderr": _tail(spec.stderr_log)})
