@@ -150,11 +150,11 @@ def peak_memory(host: CgroupHost, name: str) -> int | None:
     return None
 
 
-def remove(host: CgroupHost, name: str) -> bool:
+def remove(host: CgroupHost, name: str, *, tries: int = _RMDIR_TRIES) -> bool:
     """Remove ``smolbox/<name>`` everywhere; False when a group still has tasks."""
     gone = True
     for directory in set(host.group_dirs(name).values()):
-        for _ in range(_RMDIR_TRIES):
+        for _ in range(tries):
             try:
                 os.rmdir(directory)
                 break
@@ -168,6 +168,14 @@ def remove(host: CgroupHost, name: str) -> bool:
         else:
             gone = False
     return gone
+
+
+def age(host: CgroupHost, name: str) -> float:
+    """Seconds since ``smolbox/<name>`` was made (0 when it does not exist)."""
+    try:
+        return time.time() - host.group_dirs(name)["memory"].stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def names(host: CgroupHost) -> set[str]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -53,6 +54,8 @@ from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm import uids
 from smolbox.vmm.spec import VMSpec, build_argv
 
+log = logging.getLogger("smolbox.vmm")
+
 SANDBOX = ("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
            "resourcecontrol=deny")
 # What QEMU needs beyond guest RAM under TCG: the translation cache it fills, its
@@ -64,6 +67,7 @@ RLIMIT_NOFILE = 4096
 RECORD = "jail.json"  # in the run dir: what release() must undo
 JAIL_DIR = "jail"  # in the run dir: the (empty on the host) chroot mount point
 SPAWN_TIMEOUT = 30.0
+ORPHAN_GROUP_SECONDS = 600.0
 _TUNSETIFF = 0x400454CA
 _IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 _EXEC_SCRIPT = Path(__file__).with_name("jail_exec.py")
@@ -375,8 +379,10 @@ def release(run_dir: Path, settings: JailSettings | None = None) -> None:
             while identity.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.01)
     host = cgroups.detect()
-    if record.get("cgroup") and host is not None:
-        cgroups.remove(host, str(record["cgroup"]))
+    if record.get("cgroup") and host is not None and not cgroups.remove(
+            host, str(record["cgroup"])):
+        log.warning("cgroup smolbox/%s still has tasks; reconcile removes it later",
+                    record["cgroup"])
     for owned in record.get("owned", []):
         with suppress(OSError):
             os.chown(owned, 0, 0)  # the uid may go to another machine next
@@ -399,8 +405,11 @@ def sweep(run_root: Path, known: set[str], live: set[str],
             removed.append(f"uid claim {path.name} ({vm_id})")
     host = cgroups.detect()
     if host is not None:
-        for name in cgroups.names(host) & (known - live):
-            if cgroups.remove(host, name):
+        for name in cgroups.names(host) - live:
+            # A group is empty only between its creation and the join (milliseconds) or
+            # after its QEMU died: an old empty one is garbage whichever home made it.
+            orphan = name in known or cgroups.age(host, name) > ORPHAN_GROUP_SECONDS
+            if orphan and cgroups.remove(host, name, tries=1):
                 removed.append(f"cgroup smolbox/{name}")
     return removed
 
