@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -36,7 +37,14 @@ def measure(jailed: bool, runs: int, idle: int) -> dict[str, Any]:
     paths = Paths(home=base / "home", images=Paths.from_env().images,
                   cache=Paths.from_env().cache, run=base / "run")
     launcher = QemuLauncher(JailSettings(enabled=jailed, **_range()))
-    with Engine(paths, launcher=launcher) as engine:
+    try:
+        return _measure(Engine(paths, launcher=launcher), jailed, runs, idle)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure(engine: Engine, jailed: bool, runs: int, idle: int) -> dict[str, Any]:
+    with engine:
         engine.delete(engine.create(MachineConfig()).id, force=True)  # builds the template
         latencies = []
         for _ in range(runs):

@@ -89,7 +89,7 @@ def test_cgroup_limits_read_back_and_info_shows_them(engine: Engine,
     held = cgroups.read_limits(host, clone.id)
     assert held is not None
     assert held.memory_bytes == (256 + jail.VMM_OVERHEAD_MIB) << 20
-    assert held.cpu_quota_us == 1 * cgroups.CPU_PERIOD_US
+    assert held.cpu_quota_us == (1 + jail.VMM_CPUS) * cgroups.CPU_PERIOD_US
     assert held.pids_max == jail.PIDS_BASE + 4
     for directory in set(host.group_dirs(clone.id).values()):
         assert str(pid) in (directory / "cgroup.procs").read_text().split()
