@@ -686,7 +686,10 @@ class ShutdownError(VMMError):
 class JailerError(VMMError):
     """Isolating the VMM process (namespaces, limits, privileges) failed."""
     code = "JAILER_ERROR"
-    default_help = "Check that the host supports the isolation features named in `details`."
+    default_help = ("`details.step` names the layer that failed (uid, namespace, mount, "
+                    "chroot, cgroup, seccomp); `smolbox doctor` shows which layers this "
+                    "host supports.")
+    detail_attrs = ("step",)
 
 
 class MetricsError(VMMError):

@@ -135,6 +135,13 @@ class Engine:
                                      "message": accel.reason})
         vmm = self.booter.handle_of(record)
         if vmm is not None and record.state in (MachineState.RUNNING, MachineState.PAUSED):
+            info["jail"] = vmm.jail_info()
+            if info["jail"] is None:
+                info["warnings"].append({
+                    "code": "VMM_UNJAILED",
+                    "message": "QEMU runs unconfined (as root, host namespaces, no seccomp, "
+                               "no limits): SMOLBOX_JAIL=off was set when it started",
+                    "help": "Unset SMOLBOX_JAIL and recreate the machine to jail it."})
             status = vmm.run_state()
             info["vmm_status"] = status
             if status in STUCK_STATES and record.state == MachineState.RUNNING:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from smolbox.engine.channels import AgentLease, claim_agent
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
 from smolbox.vmm.handle import QemuHandle, VMMHandle
 from smolbox.vmm.spec import VMSpec
@@ -32,10 +33,14 @@ class Launcher(Protocol):
 
 
 class QemuLauncher:
-    """Real QEMU processes and real agent connections over their sockets."""
+    """Real QEMU processes, each in its own jail unless the user opted out
+    (``SMOLBOX_JAIL=off``), and real agent connections over their sockets."""
+
+    def __init__(self, jail: JailSettings | None = None) -> None:
+        self.jail = jail if jail is not None else JailSettings.from_env()
 
     def spawn(self, spec: VMSpec, console_log: Path) -> VMMHandle:
-        return QemuHandle.spawn(spec, console_log)
+        return QemuHandle.spawn(spec, console_log, self.jail)
 
     def attach(self, identity: ProcessIdentity, run_dir: Path, console_log: Path,
                name: str) -> VMMHandle:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolbox.paths import Paths
+from smolbox.vmm import jail
 from smolbox.vmm.spec import QMP_SOCKET
 
 
@@ -53,10 +54,11 @@ class MachineLayout:
             directory.chmod(0o700)
 
     def clear_run_dir(self) -> None:
+        jail.release(self.run_dir)  # a crashed QEMU's cgroup and uid go with its run dir
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def remove(self) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.clear_run_dir()
         shutil.rmtree(self.machine_dir, ignore_errors=True)
 
     def exists(self) -> bool:

@@ -46,11 +46,13 @@ from pathlib import Path
 
 from smolbox import errors
 from smolbox.engine.snapshotter import BUILDER_LABEL, TEMPLATE_LOCK
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity, owner_alive
 from smolbox.paths import Paths
 from smolbox.store import MachineRecord, Store
 from smolbox.store.states import ACTIVE_STATES as LIVE_STATES
 from smolbox.store.states import MachineState
+from smolbox.vmm import jail
 from smolbox.vmm.handle import QemuHandle
 
 log = logging.getLogger("smolbox.engine")
@@ -70,6 +72,7 @@ class ReconcileReport:
     removed_dirs: list[str] = field(default_factory=list)
     network_removed: list[str] = field(default_factory=list)
     pool_removed: list[str] = field(default_factory=list)
+    jail_removed: list[str] = field(default_factory=list)
 
 
 def qemu_processes_under(run_root: Path) -> dict[int, str]:
@@ -117,8 +120,14 @@ def _kill_machine_vmm(record: MachineRecord, paths: Paths, report: ReconcileRepo
     _kill(pids, report)
 
 
+def _clear_run_dir(run_dir: Path) -> None:
+    """A run dir and the jail of its QEMU (cgroup, uid claim), whatever state it is in."""
+    jail.release(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _remove_machine(store: Store, record: MachineRecord, paths: Paths) -> None:
-    shutil.rmtree(paths.run_dir(record.id), ignore_errors=True)
+    _clear_run_dir(paths.run_dir(record.id))
     shutil.rmtree(paths.machine_dir(record.id), ignore_errors=True)
     current = store.get_machine(record.id)
     if current.state in (MachineState.RUNNING, MachineState.PAUSED):
@@ -140,7 +149,7 @@ def _settle_machine(store: Store, paths: Paths, record: MachineRecord,
         return
     _kill_machine_vmm(record, paths, report)
     if operation == "restore":
-        shutil.rmtree(paths.run_dir(record.id), ignore_errors=True)
+        _clear_run_dir(paths.run_dir(record.id))
         reason = "restore was interrupted: restore it again, or delete it"
         if record.state == MachineState.ERROR:
             store.update_machine(record.id, pid=None, pid_start_time=None, owner=None,
@@ -177,7 +186,7 @@ def _settle_snapshots(store: Store, paths: Paths, report: ReconcileReport) -> No
             continue  # a writer from before owners were recorded may still run
         temp = paths.snapshots / f".tmp-{snap.id}"
         _kill([pid for pid, directory in helpers.items() if directory == temp.name], report)
-        shutil.rmtree(temp, ignore_errors=True)
+        _clear_run_dir(temp)
         shutil.rmtree(snap.path, ignore_errors=True)
         store.delete_snapshot(snap.id)
         report.snapshots_removed.append(snap.name)
@@ -189,7 +198,7 @@ def _settle_snapshots(store: Store, paths: Paths, report: ReconcileReport) -> No
         for directory in paths.snapshots.iterdir():
             if directory.is_dir() and directory.name not in known:
                 _kill([p for p, d in helpers.items() if d == directory.name], report)
-                shutil.rmtree(directory, ignore_errors=True)
+                _clear_run_dir(directory)
                 report.removed_dirs.append(str(directory))
 
 
@@ -277,7 +286,7 @@ def reconcile(store: Store, paths: Paths) -> ReconcileReport:
             report.marked_error.append(record.id)
         except errors.InvalidTransitionError:
             continue
-        shutil.rmtree(paths.run_dir(record.id), ignore_errors=True)
+        _clear_run_dir(paths.run_dir(record.id))
 
     if paths.run.exists():
         for pid, vm_id in qemu_processes_under(paths.run).items():
@@ -300,6 +309,20 @@ def reconcile(store: Store, paths: Paths) -> ReconcileReport:
             continue
         for directory in root.iterdir():
             if directory.is_dir() and directory.name not in current:
-                shutil.rmtree(directory, ignore_errors=True)
+                _clear_run_dir(directory)
                 report.removed_dirs.append(str(directory))
+    _sweep_jails(store, paths, report)
     return report
+
+
+def _sweep_jails(store: Store, paths: Paths, report: ReconcileReport) -> None:
+    """uid claims and cgroups of this home that no live QEMU holds any more."""
+    rows = store.list_machines()
+    live = {r.id for r in rows if r.state in LIVE_STATES and _alive(r)}
+    # Rows whose operation still runs elsewhere may be between cgroup and spawn.
+    known = {r.id for r in rows if r.owner is None or not owner_alive(r.owner)}
+    try:
+        settings = JailSettings.from_env()
+    except errors.SmolboxError:
+        return
+    report.jail_removed += jail.sweep(paths.run, known, live, settings)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from smolbox import errors
 from smolbox.host.accel import Accelerator, choose_accelerator
+from smolbox.host.jailhost import JailSettings, support
 from smolbox.host.kvm import KVM_DEVICE, KVMProbeResult
 from smolbox.paths import Paths
 
@@ -199,3 +200,25 @@ def check_default_image(paths: Paths) -> Check:
         return Check("default image", "ok", str(image))
     return Check("default image", "warn", f"{image} does not exist yet",
                  "Build it with `smolbox image build` (create needs an installed image).")
+
+
+def check_jail() -> list[Check]:
+    """One line per containment layer, and a loud one when the user turned jails off."""
+    try:
+        settings = JailSettings.from_env()
+    except errors.SmolboxError as err:
+        return [Check("jail", "fail", err.message, err.help, err)]
+    found: list[Check] = []
+    if not settings.enabled:
+        found.append(Check("jail", "warn", "SMOLBOX_JAIL=off: QEMU runs UNCONFINED as root "
+                           "(no own uid, chroot, namespaces, seccomp or limits)",
+                           "Unset SMOLBOX_JAIL to jail every QEMU."))
+    for layer, state in support().items():
+        ok = state == "yes" or state.startswith("v")
+        status: Status = "ok" if ok else ("warn" if not settings.enabled else "fail")
+        refusal = None if ok else errors.JailerError(
+            f"This host cannot give the jail layer {layer}: {state}", step=layer)
+        found.append(Check(f"jail: {layer}", status, state,
+                           "" if ok else "Run as root on a host with namespaces, seccomp and "
+                           "cgroups, or opt out with SMOLBOX_JAIL=off.", refusal))
+    return found

@@ -79,6 +79,7 @@ def run_doctor(paths: Paths | None = None) -> DoctorReport:
         checks.check_linux_source(),
         checks.check_virtiofsd(),
         checks.check_default_image(paths),
+        *checks.check_jail(),
     ]
     return DoctorReport(checks=found, kvm_usable=probe.usable,
                         accelerator=accel.name if accel else None)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from smolbox import errors
 from smolbox.errors import SmolboxError
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
-from smolbox.vmm import console
+from smolbox.vmm import console, jail
 from smolbox.vmm.migration import load_state, save_state
 from smolbox.vmm.process import read_tail, spawn
 from smolbox.vmm.qmp import QMPSession
@@ -60,6 +62,8 @@ class VMMHandle(Protocol):
 
     def stderr_tail(self) -> str: ...
 
+    def jail_info(self) -> dict[str, Any] | None: ...
+
     def stop(self, *, graceful: bool, agent_shutdown: Callable[[], None] | None = None,
              has_power_button: bool = False) -> str: ...
 
@@ -74,9 +78,11 @@ class QemuHandle:
     name: str
 
     @classmethod
-    def spawn(cls, spec: VMSpec, console_log: Path) -> QemuHandle:
-        """Start QEMU for ``spec`` (returns once its sockets exist)."""
-        return cls(spawn(spec), spec.run_dir, console_log, spec.name)
+    def spawn(cls, spec: VMSpec, console_log: Path,
+              jail_settings: JailSettings | None = None) -> QemuHandle:
+        """Start QEMU for ``spec`` (returns once its sockets exist), jailed when
+        ``jail_settings`` say so."""
+        return cls(spawn(spec, jail=jail_settings), spec.run_dir, console_log, spec.name)
 
     @classmethod
     def attach(cls, identity: ProcessIdentity, run_dir: Path, console_log: Path,
@@ -103,8 +109,14 @@ class QemuHandle:
 
     def load_state(self, src: Path, *, ignore_shared: bool) -> None:
         """Load ``src`` into a QEMU started with ``incoming``; it ends paused."""
-        with QMPSession(self.qmp_socket, timeout=SNAPSHOT_QMP_TIMEOUT) as session:
-            load_state(session, src, ignore_shared=ignore_shared)
+        try:
+            with QMPSession(self.qmp_socket, timeout=SNAPSHOT_QMP_TIMEOUT) as session:
+                load_state(session, src, ignore_shared=ignore_shared)
+        except errors.VMMError as err:
+            if self.is_alive():
+                raise
+            raise errors.SpawnError(f"QEMU exited before it loaded the state: {err.message}",
+                                    details={"stderr": self.stderr_tail()}) from None
 
     def run_state(self) -> str | None:
         """QEMU's own run state (QMP ``query-status``: ``running``, ``paused``,
@@ -128,6 +140,14 @@ class QemuHandle:
              has_power_button: bool = False) -> str:
         """The shutdown ladder (agent, power button, quit, SIGTERM, SIGKILL); returns
         the step after which QEMU was gone."""
-        return stop_process(self.identity, self.qmp_socket, vm_id=self.name,
-                            agent_shutdown=agent_shutdown if graceful else None,
-                            has_power_button=has_power_button, graceful=graceful)
+        try:
+            return stop_process(self.identity, self.qmp_socket, vm_id=self.name,
+                                agent_shutdown=agent_shutdown if graceful else None,
+                                has_power_button=has_power_button, graceful=graceful)
+        finally:
+            if not self.identity.is_alive():
+                jail.release(self.run_dir)  # its cgroup, uid and jail dir
+
+    def jail_info(self) -> dict[str, Any] | None:
+        """The jail this QEMU runs in (uid, cgroup, limits), None when unjailed."""
+        return jail.describe(self.run_dir)

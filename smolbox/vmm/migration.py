@@ -1,6 +1,8 @@
 """Saving and loading a VM's device state (and RAM) with QEMU migration.
 
-QEMU 7.2 has no ``file:`` migration URI, so state goes through ``exec:cat``.
+QEMU 7.2 has no ``file:`` migration URI, and a jailed QEMU may neither spawn
+helpers (``exec:`` URIs) nor open host files, so the host opens the state file and
+hands QEMU the descriptor (QMP ``getfd``; ``fd:NAME`` URIs).
 With the ``x-ignore-shared`` capability, RAM that lives in a shared file
 (``memory-backend-file,share=on``) is left out of the stream: the RAM file itself
 is the snapshot, and the state stream shrinks to a few KiB. Loading with the same
@@ -9,7 +11,7 @@ capability expects the RAM to be provided by the destination's memory backend.
 
 from __future__ import annotations
 
-import shlex
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,8 @@ from smolbox import errors
 from smolbox.vmm.qmp import QMPSession
 
 POLL_SECONDS = 0.005
+OUT_FD = "smolbox-migrate-out"
+IN_FD = "smolbox-migrate-in"
 
 
 def _capabilities(qmp: QMPSession, ignore_shared: bool) -> None:
@@ -41,7 +45,12 @@ def save_state(qmp: QMPSession, dest: Path, *, ignore_shared: bool,
                timeout: float = 120.0) -> None:
     """Write the VM's state to ``dest``; the VM ends in ``postmigrate`` (paused)."""
     _capabilities(qmp, ignore_shared)
-    qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(dest))}")
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        qmp.send_fd(fd, OUT_FD)
+        qmp.command("migrate", uri=f"fd:{OUT_FD}")
+    finally:
+        os.close(fd)  # QEMU holds its own copy until the migration ends
 
     def completed() -> bool:
         info = qmp.command("query-migrate")
@@ -59,7 +68,16 @@ def load_state(qmp: QMPSession, src: Path, *, ignore_shared: bool,
                timeout: float = 120.0) -> None:
     """Load state into a QEMU started with ``-incoming defer``; it ends paused."""
     _capabilities(qmp, ignore_shared)
-    qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(src))}")
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise errors.SnapshotCorruptError(f"Cannot read the machine state {src.name}: "
+                                          f"{err.strerror}") from None
+    try:
+        qmp.send_fd(fd, IN_FD)
+        qmp.command("migrate-incoming", uri=f"fd:{IN_FD}")
+    finally:
+        os.close(fd)
     _wait(qmp, "load machine state", timeout, lambda: qmp.status() != "inmigrate")
     status = qmp.status()
     info = qmp.command("query-migrate")

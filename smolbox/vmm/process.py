@@ -15,7 +15,9 @@ from contextlib import suppress
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
+from smolbox.vmm.jail import spawn_jailed
 from smolbox.vmm.spec import VMSpec, build_argv
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -29,8 +31,20 @@ def qemu_binary() -> str:
     return found
 
 
-def spawn(spec: VMSpec, *, timeout: float = 30.0) -> ProcessIdentity:
-    """Start QEMU for ``spec``; return once its sockets exist (``-daemonize`` semantics)."""
+def spawn(spec: VMSpec, *, jail: JailSettings | None = None,
+          timeout: float = 30.0) -> ProcessIdentity:
+    """Start QEMU for ``spec``; return once its sockets exist (``-daemonize`` semantics).
+
+    With ``jail`` enabled (the default everywhere) QEMU runs confined (see
+    ``smolbox.vmm.jail``); a host that cannot jail refuses unless the user opted out.
+    """
+    if jail is not None and jail.enabled:
+        if os.geteuid() != 0:
+            raise errors.JailerError(
+                "Jailing QEMU needs root (own uid, namespaces, chroot, cgroups)", step="uid",
+                help="Run smolbox as root, or opt out explicitly with SMOLBOX_JAIL=off "
+                     "(QEMU then runs unconfined; `smolbox doctor` flags it).")
+        return spawn_jailed(spec, qemu_binary(), jail)
     argv = build_argv(spec, qemu_binary=qemu_binary())
     for stale in (spec.qmp_socket, *spec.agent_sockets, spec.pidfile):
         stale.unlink(missing_ok=True)

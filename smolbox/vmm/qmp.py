@@ -82,6 +82,20 @@ class QMPSession:
                 details={"command": name},
             ) from None
 
+    def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU an open file descriptor under ``name`` (SCM_RIGHTS + QMP ``getfd``).
+
+        Why: a sandboxed QEMU (``-sandbox spawn=deny``, a chroot) can neither run
+        ``exec:`` helpers nor open host files itself; the host opens the file and
+        passes the descriptor, which ``fd:NAME`` URIs then use.
+        """
+        try:
+            self._client.send_fd_scm(fd)
+        except (LibraryQMPError, OSError) as err:
+            raise errors.VMMError(f"Cannot pass a file descriptor to QEMU: {err}",
+                                  details={"fdname": name}) from None
+        self.command("getfd", fdname=name)
+
     def status(self) -> str:
         """QEMU's run state, e.g. ``running``, ``paused``, ``inmigrate``, ``postmigrate``."""
         return str(self.command("query-status")["status"])

@@ -99,7 +99,8 @@ def memory_object(spec: VMSpec) -> str:
     return f"memory-backend-file,id=mem0,size={size},mem-path={spec.ram.path},share={share}"
 
 
-def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[str]:
+def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64", *,
+               daemonize: bool = True) -> list[str]:
     """The QEMU command line for ``spec``.
 
     Choices worth knowing:
@@ -111,7 +112,9 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
     - The root disk uses ``cache=unsafe``: sandboxes are disposable and snapshots
       flush explicitly, so guest fsyncs need not reach the host disk.
     - ``-daemonize`` returns only once QEMU has created its sockets, so the caller
-      knows spawn succeeded; the pid comes from ``-pidfile``.
+      knows spawn succeeded; the pid comes from ``-pidfile``. A jailed QEMU
+      (``daemonize=False``) must stay the PID 1 of its PID namespace instead; it keeps
+      ``-pidfile`` so reconcile still recognises it by its run dir.
     """
     argv = [
         qemu_binary,
@@ -137,7 +140,7 @@ def build_argv(spec: VMSpec, qemu_binary: str = "qemu-system-x86_64") -> list[st
         *xfer_disk_args(spec),
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-pidfile", str(spec.pidfile),
-        "-daemonize",
+        *(["-daemonize"] if daemonize else []),
         *spec.extra_args,
     ]
     if spec.initrd is not None:

@@ -129,6 +129,9 @@ class FakeVMM:
     def stderr_tail(self) -> str:
         return ""
 
+    def jail_info(self) -> dict[str, Any] | None:
+        return None
+
     def stop(self, *, graceful: bool, agent_shutdown: Callable[[], None] | None = None,
              has_power_button: bool = False) -> str:
         if not self.alive:
