@@ -87,6 +87,7 @@ class Engine:
                              self.launcher, self.agents)
         self.snapshots = Snapshotter(self.booter, self)
         self.startup_report = ReconcileReport()
+        self.pool: WarmPool | None = None  # set first: the pool's fill thread reads it
         self.pool = WarmPool(self, warm_pool, pool_config) if warm_pool else None
 
     @classmethod
