@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from smolbox import errors
-from smolbox.server import load_or_create_token
+from smolbox.engine.engine import Engine
+from smolbox.paths import Paths
+from smolbox.server import ServerSettings, ServerThread, create_app, load_or_create_token
 
 
 def assert_catalogue(response: httpx.Response,
@@ -99,16 +101,26 @@ def test_request_ids_are_echoed_generated_and_sanitised(client: httpx.Client) ->
     assert response.json()["error"]["details"]["request_id"] == "trace-7"
 
 
-def test_health_and_readiness(anonymous: httpx.Client) -> None:
+def test_readiness_is_refused_without_the_default_image(tmp_path: Path) -> None:
+    """A home with no image installed: live, but not ready (and it says why)."""
+    paths = Paths(home=tmp_path / "home", images=tmp_path / "images",
+                  cache=tmp_path / "cache", run=tmp_path / "run")
+    with Engine(paths) as engine, ServerThread(create_app(ServerSettings(token=None),
+                                                          engine=engine)) as server:
+        assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+        error = assert_catalogue(httpx.get(server.url + "/readyz"), errors.UnavailableError)
+        assert error["details"]["cause"] == "IMAGE_NOT_FOUND"
+
+
+@pytest.mark.vm
+def test_readiness_with_the_default_image_reports_the_load(default_image: object,
+                                                           anonymous: httpx.Client) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
-    if ready.status_code == 200:  # the session's default image is installed
-        body = ready.json()
-        assert body["status"] == "ready"
-        assert body["machine_threads_in_use"] == 0 and body["busy_machines"] == 0
-    else:
-        error = assert_catalogue(ready, errors.UnavailableError)
-        assert error["details"]["cause"] == "IMAGE_NOT_FOUND"
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["machine_threads_in_use"] == 0 and body["busy_machines"] == 0
 
 
 def test_metrics_count_requests_by_route(client: httpx.Client) -> None:
