@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smolbox import errormap, errors
+from smolbox import errors
 
 log = logging.getLogger("smolbox.server")
 
@@ -97,17 +97,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(err, request_id(request))
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """Last resort: anything else still leaves as a catalogue body (a full disk as
-    DISK_SPACE_LOW, a bug as INTERNAL_ERROR), the traceback goes to the log."""
-    rid = request_id(request)
-    err = errormap.translate(exc, operation=f"{request.method} {request.url.path}")
-    log.error("request %s raised %s", rid, type(exc).__name__, exc_info=exc)
-    return error_response(err, rid)
-
-
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(errors.SmolboxError, _smolbox_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

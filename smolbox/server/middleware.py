@@ -17,7 +17,8 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from smolbox import errors
+from smolbox import errormap, errors
+from smolbox.server.errors import public_form
 from smolbox.server.metrics import Metrics
 
 log = logging.getLogger("smolbox.server")
@@ -95,9 +96,11 @@ class RequestContextMiddleware:
     async def _internal_error(send: Send, rid: str, exc: Exception) -> None:
         import json
 
-        err = errors.InternalError(
-            f"Unexpected server error ({type(exc).__name__})",
-            details={"request_id": rid})
+        # Foreign host errors keep their meaning (a full disk is DISK_SPACE_LOW, see
+        # errormap); anything else is a bug whose text stays in the log.
+        err = (public_form(errormap.translate(exc)) if isinstance(exc, errormap.FOREIGN)
+               else errors.InternalError(f"Unexpected server error ({type(exc).__name__})"))
+        err.details["request_id"] = rid
         body = json.dumps(err.to_dict()).encode()
         await send({"type": "http.response.start", "status": err.http_status,
                     "headers": [(b"content-type", b"application/json"),

@@ -15,5 +15,8 @@ class FakeExplodingEngine:
     def list_machines(self, states: Any = None) -> list[Any]:
         raise RuntimeError("fake_engine: injected bug")
 
+    def reap_expired(self) -> list[str]:  # the server's lifetime reaper calls it
+        return []
+
     def close(self) -> None:
         pass
