@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -148,12 +149,30 @@ def _entries(directory: Path) -> list[Path]:
     return sorted(directory.iterdir()) if directory.is_dir() else []
 
 
+def _empty_tmux_dir(path: Path) -> bool:
+    """tmux leaves its ``tmux-UID`` socket dir behind once its servers exit, sometimes
+    with a socket nobody listens on any more; only a live server is a leak (and it is
+    also found as a process with the session tag)."""
+    if not (path.name.startswith("tmux-") and path.is_dir()):
+        return False
+    for entry in path.iterdir():
+        if not entry.is_socket():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(entry))
+                return False  # a server still answers
+            except OSError:
+                continue
+    return True
+
+
 def file_leaks(session: Session) -> list[str]:
     """Machine dirs, run dirs and anything left in the session's temp directory."""
     leaks = [f"machine dir {p}" for p in _entries(session.home / "machines")]
     leaks += [f"run dir entry {p}" for p in _entries(session.run)]
     leaks += [f"temp {'socket' if p.is_socket() else 'dir' if p.is_dir() else 'file'} {p}"
-              for p in _entries(session.tmp)]
+              for p in _entries(session.tmp) if not _empty_tmux_dir(p)]
     return leaks
 
 

@@ -206,12 +206,25 @@ def _tap_fds(argv: list[str]) -> tuple[list[str], list[int]]:
     return out, fds
 
 
+def _extra_drive_files(spec: VMSpec) -> list[Path]:
+    """Files of read-only ``-drive`` options in ``extra_args`` (e.g. a cloud-init seed):
+    the jail must show them too, read-only."""
+    found = []
+    for flag, value in zip(spec.extra_args, spec.extra_args[1:], strict=False):
+        if flag != "-drive":
+            continue
+        options = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+        if "file" in options and options.get("readonly") == "on":
+            found.append(Path(options["file"]))
+    return found
+
+
 def plan_binds(spec: VMSpec) -> tuple[list[dict[str, object]], list[Path], list[Path]]:
     """(binds, paths the machine uid owns, paths the reader group reads) for ``spec``."""
     binds, _ = _system_binds()
     owned: list[Path] = [spec.run_dir, spec.disk]
     readable: list[Path] = [spec.kernel, *([spec.initrd] if spec.initrd else []),
-                            *backing_chain(spec.disk)]
+                            *backing_chain(spec.disk), *_extra_drive_files(spec)]
     binds.append(_bind(spec.run_dir, readonly=False, kind="dir"))
     binds.append(_bind(spec.disk, readonly=False))
     if spec.xfer_disk is not None:

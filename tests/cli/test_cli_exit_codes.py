@@ -113,10 +113,12 @@ def test_exit_10_when_qemu_cannot_start(tmp_path: Path, default_image: object) -
     binary = fake / "qemu-system-x86_64"
     binary.write_text("#!/bin/sh\necho 'fake_qemu: refusing to start' >&2\nexit 1\n")
     binary.chmod(0o755)
-    env = smolbox_env(PATH=f"{fake}:{os.environ['PATH']}")
+    # Unjailed: a jailed QEMU is exec'd inside its chroot, where a binary from this
+    # temp dir does not exist (that is a JAILER_ERROR, tested in tests/vmm/).
+    env = smolbox_env(PATH=f"{fake}:{os.environ['PATH']}", SMOLBOX_JAIL="off")
     done = run_with(env, "create", "--name", "never-starts")
     assert done.returncode == 10, done.stderr
-    assert error_body(done)["code"] == "SPAWN_FAILED"
+    assert error_body(done)["code"] == "SPAWN_FAILED", error_body(done)
     assert smolbox("info", "never-starts").returncode == 3  # nothing left behind
 
 
