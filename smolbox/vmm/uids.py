@@ -66,8 +66,21 @@ def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Cla
 
 
 def record_qemu(claim_: Claim, identity: ProcessIdentity) -> None:
-    """From now on the claim lives exactly as long as this QEMU."""
-    record = json.loads(claim_.path.read_text())
+    """From now on the claim lives exactly as long as this QEMU.
+
+    The claim can vanish while QEMU starts (seen once in CI under a concurrent
+    reconcile; root cause not found): then it is written again for this QEMU, unless
+    another machine took the uid meanwhile, which is a typed error."""
+    try:
+        record = json.loads(claim_.path.read_text())
+    except FileNotFoundError:
+        record = {"owner": owner_token()}
+        with suppress(FileExistsError):
+            os.close(os.open(claim_.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            record = {**record, "reclaimed": True}
+        if not record.get("reclaimed"):
+            raise errors.JailerError(f"uid {claim_.uid} was claimed by another machine while "
+                                     "this QEMU started", step="uid") from None
     record["qemu"] = [identity.pid, identity.start_time]
     temp = claim_.path.with_suffix(".tmp")
     temp.write_text(json.dumps(record))
