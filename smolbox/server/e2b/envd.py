@@ -11,14 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Request
+import anyio.to_thread
+from fastapi import Request, Response
 
+from smolbox import errors
 from smolbox.engine.engine import Engine
 from smolbox.sdk.local import LocalBackend
 from smolbox.server.deps import backend
-from smolbox.server.e2b.access import check_envd_token, sandbox_of
+from smolbox.server.e2b import connect as c
+from smolbox.server.e2b.access import AccessDenied, check_envd_token, sandbox_of
 
 DEFAULT_USER = "user"
 
@@ -69,3 +74,19 @@ def context(request: Request, user: str | None = None) -> EnvdContext:
     check_envd_token(request, sandbox_id)
     return EnvdContext(sandbox_id=sandbox_id, backend=backend(request),
                        user=user or basic_user(request) or DEFAULT_USER)
+
+
+async def unary(request: Request,
+                work: Callable[[EnvdContext, dict[str, Any]], dict[str, Any]]) -> Response:
+    """One unary Connect call of either envd service: authorise, decode, run ``work``
+    in a worker thread, and answer every failure in Connect's error shape."""
+    try:
+        ctx = context(request)
+        message = await c.unary_request(request)
+        return c.unary_response(await anyio.to_thread.run_sync(work, ctx, message))
+    except AccessDenied as denied:
+        return c.unary_error(c.ConnectError("unauthenticated", denied.message))
+    except c.ConnectError as err:
+        return c.unary_error(err)
+    except errors.SmolboxError as err:
+        return c.unary_error(c.from_smolbox(err))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import posixpath
 import stat as statmod
-from collections.abc import Callable
 from typing import Annotated, Any, BinaryIO, cast
 
 import anyio.to_thread
@@ -24,7 +23,7 @@ from smolbox.channel.types import FileStat
 from smolbox.server.deps import open_stream
 from smolbox.server.e2b import connect as c
 from smolbox.server.e2b.access import AccessDenied
-from smolbox.server.e2b.envd import EnvdContext, context
+from smolbox.server.e2b.envd import EnvdContext, context, unary
 from smolbox.server.routes.files import BodyReader, too_large
 
 router = APIRouter(include_in_schema=False)
@@ -72,26 +71,13 @@ def _exists(ctx: EnvdContext, path: str) -> bool:
 # ------------------------------------------------------------------------ RPC
 
 
-async def _unary(request: Request,
-                 work: Callable[[EnvdContext, dict[str, Any]], dict[str, Any]]) -> Response:
-    try:
-        ctx = context(request)
-        message = await c.unary_request(request)
-        return c.unary_response(await anyio.to_thread.run_sync(work, ctx, message))
-    except AccessDenied as denied:
-        return c.unary_error(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return c.unary_error(err)
-    except errors.SmolboxError as err:
-        return c.unary_error(c.from_smolbox(err))
-
 
 @router.post(f"{SERVICE}/Stat")
 async def stat(request: Request) -> Response:
     def work(ctx: EnvdContext, message: dict[str, Any]) -> dict[str, Any]:
         path = ctx.path(str(message.get("path") or ""))
         return {"entry": entry(ctx.backend.stat(ctx.sandbox_id, path))}
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/ListDir")
@@ -112,7 +98,7 @@ async def list_dir(request: Request) -> Response:
                         below.append(info.path)
             level = below
         return {"entries": found}
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/MakeDir")
@@ -124,7 +110,7 @@ async def make_dir(request: Request) -> Response:
         ctx.backend.mkdir(ctx.sandbox_id, path, parents=True)
         _give_to_user(ctx, path)
         return {"entry": entry(ctx.backend.stat(ctx.sandbox_id, path))}
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/Move")
@@ -138,7 +124,7 @@ async def move(request: Request) -> Response:
                                      "rebuild the image")
             agent.request("move", source=source, destination=destination)
         return {"entry": entry(ctx.backend.stat(ctx.sandbox_id, destination))}
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/Remove")
@@ -147,7 +133,7 @@ async def remove(request: Request) -> Response:
         path = ctx.path(str(message.get("path") or ""))
         ctx.backend.remove(ctx.sandbox_id, path, recursive=True)
         return {}
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/WatchDir")

@@ -29,7 +29,7 @@ from smolbox.channel import AgentClient
 from smolbox.channel.client import ProcessHandle
 from smolbox.server.e2b import connect as c
 from smolbox.server.e2b.access import AccessDenied
-from smolbox.server.e2b.envd import EnvdContext, context
+from smolbox.server.e2b.envd import EnvdContext, context, unary
 
 router = APIRouter(include_in_schema=False)
 SERVICE = "/process.Process"
@@ -271,19 +271,6 @@ async def connect_process(request: Request) -> Response:
 # ------------------------------------------------------------------------ unary
 
 
-async def _unary(request: Request,
-                 work: Callable[[EnvdContext, dict[str, Any]], dict[str, Any]]) -> Response:
-    try:
-        ctx = context(request)
-        message = await c.unary_request(request)
-        return c.unary_response(await anyio.to_thread.run_sync(work, ctx, message))
-    except AccessDenied as denied:
-        return c.unary_error(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return c.unary_error(err)
-    except errors.SmolboxError as err:
-        return c.unary_error(c.from_smolbox(err))
-
 
 def _with_handle(request: Request, ctx: EnvdContext, message: dict[str, Any],
                  act: Callable[[ProcessHandle], None]) -> None:
@@ -323,7 +310,7 @@ async def list_processes(request: Request) -> Response:
             listed.append(entry)
         return {"processes": listed}
 
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/SendInput")
@@ -336,7 +323,7 @@ async def send_input(request: Request) -> Response:
         _with_handle(request, ctx, message, lambda h: h.send_stdin(payload))
         return {}
 
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/CloseStdin")
@@ -345,7 +332,7 @@ async def close_stdin(request: Request) -> Response:
         _with_handle(request, ctx, message, lambda h: h.close_stdin())
         return {}
 
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/SendSignal")
@@ -357,7 +344,7 @@ async def send_signal(request: Request) -> Response:
         _with_handle(request, ctx, message, lambda h: h.kill(sig))
         return {}
 
-    return await _unary(request, work)
+    return await unary(request, work)
 
 
 @router.post(f"{SERVICE}/Update")
