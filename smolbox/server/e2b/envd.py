@@ -76,6 +76,21 @@ def context(request: Request, user: str | None = None) -> EnvdContext:
                        user=user or basic_user(request) or DEFAULT_USER)
 
 
+#: What an envd RPC can fail with before or while it runs; see :func:`connect_error`.
+RPC_FAILURES = (AccessDenied, c.ConnectError, errors.SmolboxError)
+
+
+def connect_error(failure: AccessDenied | c.ConnectError | errors.SmolboxError
+                  ) -> c.ConnectError:
+    """A failure of an envd RPC in Connect's terms (what the e2b SDK turns into its own
+    exceptions): a refused token is ``unauthenticated``, a catalogue error is mapped."""
+    if isinstance(failure, AccessDenied):
+        return c.ConnectError("unauthenticated", failure.message)
+    if isinstance(failure, c.ConnectError):
+        return failure
+    return c.from_smolbox(failure)
+
+
 async def unary(request: Request,
                 work: Callable[[EnvdContext, dict[str, Any]], dict[str, Any]]) -> Response:
     """One unary Connect call of either envd service: authorise, decode, run ``work``
@@ -84,9 +99,5 @@ async def unary(request: Request,
         ctx = context(request)
         message = await c.unary_request(request)
         return c.unary_response(await anyio.to_thread.run_sync(work, ctx, message))
-    except AccessDenied as denied:
-        return c.unary_error(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return c.unary_error(err)
-    except errors.SmolboxError as err:
-        return c.unary_error(c.from_smolbox(err))
+    except RPC_FAILURES as failure:
+        return c.unary_error(connect_error(failure))

@@ -28,8 +28,7 @@ from smolbox import errors
 from smolbox.channel import AgentClient
 from smolbox.channel.client import ProcessHandle
 from smolbox.server.e2b import connect as c
-from smolbox.server.e2b.access import AccessDenied
-from smolbox.server.e2b.envd import EnvdContext, context, unary
+from smolbox.server.e2b.envd import RPC_FAILURES, EnvdContext, connect_error, context, unary
 
 router = APIRouter(include_in_schema=False)
 SERVICE = "/process.Process"
@@ -231,12 +230,8 @@ async def start(request: Request) -> Response:
             return handle
 
         handle = await anyio.to_thread.run_sync(spawn)
-    except AccessDenied as denied:
-        return _failed_stream(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return _failed_stream(err)
-    except errors.SmolboxError as err:
-        return _failed_stream(c.from_smolbox(err))
+    except RPC_FAILURES as failure:
+        return _failed_stream(connect_error(failure))
     live_of(request).put(ctx.sandbox_id, handle, str(tag) if tag else None)
     return _follow(request, ctx, handle, c.timeout_s(request))
 
@@ -255,12 +250,8 @@ async def connect_process(request: Request) -> Response:
             return agent.attach(pid)
 
         handle = await anyio.to_thread.run_sync(attach)
-    except AccessDenied as denied:
-        return _failed_stream(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return _failed_stream(err)
-    except errors.SmolboxError as err:
-        return _failed_stream(c.from_smolbox(err))
+    except RPC_FAILURES as failure:
+        return _failed_stream(connect_error(failure))
     previous = live.get(ctx.sandbox_id, pid)
     live.put(ctx.sandbox_id, handle)
     if previous is not None:
@@ -375,12 +366,8 @@ async def stream_input(request: Request) -> Response:
                 await anyio.to_thread.run_sync(send)  # delivered as it arrives
         if selector is None:
             raise c.ConnectError("invalid_argument", "the stream must begin with start")
-    except AccessDenied as denied:
-        return _failed_stream(c.ConnectError("unauthenticated", denied.message))
-    except c.ConnectError as err:
-        return _failed_stream(err)
-    except errors.SmolboxError as err:
-        return _failed_stream(c.from_smolbox(err))
+    except RPC_FAILURES as failure:
+        return _failed_stream(connect_error(failure))
 
     async def done() -> AsyncIterator[bytes]:
         yield c.envelope({})
