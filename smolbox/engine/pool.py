@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 
 from smolbox import errors
 from smolbox.config import MachineConfig
@@ -75,14 +76,22 @@ class WarmPool:
                 self._cond.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
+            started: str | None = None
             try:
                 record = self.engine.create(self.config, use_pool=False)
+                started = record.id
                 # One exec makes the guest translate (TCG) and page in the exec path
                 # now, so the first exec after hand-out runs at warm speed.
                 self.engine.exec(record.id, ["true"], timeout=30).assert_success()
-            except errors.SmolboxError as err:
+            except Exception as err:  # this thread serves every later create: none kills it
                 self._failures += 1
-                log.warning("warm pool could not start a machine: %s", err)
+                if isinstance(err, errors.SmolboxError):
+                    log.warning("warm pool could not start a machine: %s", err)
+                else:
+                    log.exception("warm pool could not start a machine")
+                if started is not None:  # created but unusable: never left behind
+                    with suppress(Exception):
+                        self.engine.delete(started, force=True)
                 if self._failures >= 3:
                     log.error("warm pool stops refilling after 3 failures in a row")
                     return
