@@ -44,7 +44,7 @@ import pytest
 
 SESSION_VAR = "SMOLBOX_TEST_SESSION"
 _ENV_KEYS = ("SMOLBOX_HOME", "SMOLBOX_RUN", "SMOLBOX_IMAGES", "SMOLBOX_NET_BRIDGE",
-             SESSION_VAR, "TMPDIR", "TMUX_TMPDIR")
+             SESSION_VAR, "TMPDIR", "TMUX_TMPDIR", "SMOLBOX_RAM_KEEPER_IDLE")
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,9 @@ def open_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Session, dic
     os.environ.update({"SMOLBOX_HOME": str(home), "SMOLBOX_RUN": str(run_root),
                        "SMOLBOX_IMAGES": str(home / "images"),
                        "SMOLBOX_NET_BRIDGE": session.bridge, SESSION_VAR: tag,
-                       "TMPDIR": str(tmp), "TMUX_TMPDIR": str(tmp)})
+                       "TMPDIR": str(tmp), "TMUX_TMPDIR": str(tmp),
+                       # RAM keepers (smolbox.vmm.ramshare) leave within the grace
+                       "SMOLBOX_RAM_KEEPER_IDLE": "2"})
     tempfile.tempdir = str(tmp)
     return session, saved
 

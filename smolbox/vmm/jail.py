@@ -20,11 +20,12 @@ Network: a machine without ``-netdev`` gets a new, empty network namespace; user
 (slirp) and TAP machines stay in the host's network namespace (slirp needs the
 host's stack; a TAP is passed as an open fd, so QEMU needs no CAP_NET_ADMIN).
 
-Known limit (QEMU 7.2): a clone's RAM file cannot be mounted read-only — 7.2 opens
-``mem-path`` read-write unless ``readonly=on``, and ``readonly=on`` maps guest RAM
-read-only (the guest hangs). The template RAM file is therefore bind-mounted
-read-write into each clone's jail (group-writable by the jail reader group only);
-the mapping itself is private copy-on-write, so a well-behaved clone never writes it.
+RAM: a template's own RAM file is its QEMU's (bind-mounted read-write, owned by its
+uid). A clone never sees its snapshot's RAM file: QEMU 7.2 opens ``mem-path``
+read-write (and ``readonly=on`` maps guest RAM read-only, so the guest hangs), so the
+clone gets an fd to a sealed memfd copy instead (``smolbox.vmm.ramshare``) and maps it
+copy-on-write through ``/proc/self/fd/N``; the jail mounts a ``/proc`` showing only its
+own PID namespace for that.
 
 A host that cannot jail refuses to start machines (``JailerError``) unless the user
 sets ``SMOLBOX_JAIL=off``, which ``smolbox doctor`` and ``smolbox info`` flag loudly.
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,8 @@ from smolbox import errors
 from smolbox.host import cgroups
 from smolbox.host.jailhost import JailSettings
 from smolbox.host.procs import ProcessIdentity
-from smolbox.vmm import uids
-from smolbox.vmm.spec import VMSpec, build_argv
+from smolbox.vmm import ramshare, uids
+from smolbox.vmm.spec import RamBacking, VMSpec, build_argv
 
 log = logging.getLogger("smolbox.vmm")
 
@@ -148,11 +149,11 @@ def _system_binds() -> tuple[list[dict[str, object]], list[list[str]]]:
     return binds, links
 
 
-def _make_readable(path: Path, reader_gid: int, *, write: bool = False) -> None:
-    """Let the jail reader group read (or write) ``path`` without opening it to others."""
+def _make_readable(path: Path, reader_gid: int) -> None:
+    """Let the jail reader group read ``path`` without opening it to others."""
     st = path.stat()
-    need = 0o060 if write else 0o040
-    if st.st_mode & (0o006 if write else 0o004) and not write:
+    need = 0o040
+    if st.st_mode & 0o004:
         return
     if st.st_gid != reader_gid:
         os.chown(path, -1, reader_gid)
@@ -232,14 +233,19 @@ def plan_binds(spec: VMSpec) -> tuple[list[dict[str, object]], list[Path], list[
         owned.append(spec.xfer_disk)
     for path in readable:
         binds.append(_bind(path, readonly=True))
-    if spec.ram.kind == "file" and spec.ram.path is not None:
-        # Read-write even for clones: see "Known limit" in the module docstring.
-        binds.append(_bind(spec.ram.path, readonly=False))
-        if spec.ram.share:
-            owned.append(spec.ram.path)
+    if spec.ram.kind == "file" and spec.ram.path is not None and spec.ram.share:
+        binds.append(_bind(spec.ram.path, readonly=False))  # a template's own RAM
+        owned.append(spec.ram.path)
     if any(arg == "kvm" for arg in spec.accel_args) and Path("/dev/kvm").exists():
         binds.append(_bind(Path("/dev/kvm"), readonly=False, device=True))
     return binds, owned, readable
+
+
+def _shared_ram(spec: VMSpec, settings: JailSettings) -> tuple[int | None, str | None]:
+    """A clone's RAM as an fd to its snapshot's sealed memfd (see the docstring)."""
+    if spec.ram.kind != "file" or spec.ram.path is None or spec.ram.share:
+        return None, None
+    return ramshare.open_shared(spec.ram.path, settings.state_dir)
 
 
 def spawn_jailed(spec: VMSpec, qemu_binary: str, settings: JailSettings) -> ProcessIdentity:
@@ -265,7 +271,8 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
                        run_root=spec.run_dir.parent)
     made.record.update(uid=claim.uid, claim=str(claim.path), name=spec.name)
     made.save()
-    if spec.ram.kind == "file" and spec.ram.path is not None and not spec.ram.path.exists():
+    if spec.ram.kind == "file" and spec.ram.path is not None and spec.ram.share \
+            and not spec.ram.path.exists():
         spec.ram.path.touch(mode=0o600)  # a bind mount needs an existing file
     binds, owned, readable = plan_binds(spec)
     made.record["owned"] = [str(p) for p in owned]
@@ -275,8 +282,6 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
             _own(path, claim.uid)
         for path in readable:
             _make_readable(path, settings.uids.reader_gid)
-        if spec.ram.kind == "file" and spec.ram.path is not None and not spec.ram.share:
-            _make_readable(spec.ram.path, settings.uids.reader_gid, write=True)
     except OSError as err:
         raise errors.JailerError(f"Cannot give the jail its files: {err}", step="mount") from None
     limits = limits_for(spec)
@@ -288,7 +293,19 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     made.save()
     root = spec.run_dir / JAIL_DIR
     root.mkdir(mode=0o755, exist_ok=True)
-    argv, tap_fds = _tap_fds([*build_argv(spec, qemu_binary, daemonize=False), *SANDBOX])
+    ram_fd, ram_key = _shared_ram(spec, settings)
+    if ram_fd is not None:
+        made.record["ram_key"] = ram_key
+        spec = replace(spec, ram=RamBacking("file", Path(f"/proc/self/fd/{ram_fd}"), False))
+    try:
+        argv, tap_fds = _tap_fds([*build_argv(spec, qemu_binary, daemonize=False),
+                                  *SANDBOX])
+    except BaseException:
+        if ram_fd is not None:
+            os.close(ram_fd)
+        raise
+    if ram_fd is not None:
+        tap_fds.append(ram_fd)  # passed to QEMU and closed here like the TAP fds
     _, links = _system_binds()
     fsize = max([_virtual_size(spec.disk), spec.memory_mib << 20,
                  *([_virtual_size(spec.xfer_disk)] if spec.xfer_disk else [])]) + (1 << 30)
@@ -296,6 +313,7 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     plan = {"root": str(root), "binds": binds, "links": links, "uid": claim.uid,
             "gid": claim.uid, "groups": [settings.uids.reader_gid],
             "new_netns": "-netdev" not in argv, "cgroup_procs": [str(p) for p in procs],
+            "proc": ram_fd is not None,
             "rlimits": {"NOFILE": RLIMIT_NOFILE, "FSIZE": fsize}, "argv": argv,
             "report_fd": report_w}
     try:
@@ -326,6 +344,8 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     made.record["qemu"] = [identity.pid, identity.start_time]
     made.save()
     uids.record_qemu(claim, identity)
+    if ram_key is not None:
+        ramshare.register(settings.state_dir, ram_key, identity)
     _wait_for_sockets(spec, identity)
     return identity
 
@@ -428,6 +448,7 @@ def sweep(run_root: Path, known: set[str], live: set[str],
             orphan = name in known or cgroups.age(host, name) > ORPHAN_GROUP_SECONDS
             if orphan and cgroups.remove(host, name, tries=1):
                 removed.append(f"cgroup smolbox/{name}")
+    removed += ramshare.sweep(settings.state_dir)
     return removed
 
 
@@ -437,6 +458,8 @@ def describe(run_dir: Path) -> dict[str, Any] | None:
     if record is None:
         return None
     info: dict[str, Any] = {"uid": record.get("uid"), "limits": record.get("limits")}
+    if record.get("ram_key"):
+        info["ram"] = "snapshot RAM shared read-only (sealed memfd, copy-on-write)"
     host = cgroups.detect()
     if host is not None and record.get("cgroup"):
         name = str(record["cgroup"])

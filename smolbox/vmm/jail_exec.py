@@ -14,6 +14,8 @@ Steps, in order (the step name is what a failure reports):
    last process in it, so a killed QEMU leaves no mount on the host.
 4. fork: QEMU must be PID 1 of the new PID namespace (a multithreaded program cannot
    be the process that called ``unshare(CLONE_NEWPID)``). The child continues:
+   for a clone, ``mount`` a ``/proc`` of only its PID namespace (its RAM is
+   ``/proc/self/fd/N``, see ``smolbox.vmm.ramshare``), then
 5. ``chroot`` into the jail dir; ``uid``: drop the capability bounding set, clear
    supplementary groups except the jail's reader group, set gid and uid (which clears
    every capability), ``no_new_privs``, rlimits; then exec QEMU, whose own seccomp
@@ -78,9 +80,12 @@ def _join_cgroups(procs_files: list[str]) -> None:
             raise StepError("cgroup", f"join {path}: {err.strerror}") from None
 
 
-def _build_root(root: str, binds: list[dict[str, object]], links: list[list[str]]) -> None:
+def _build_root(root: str, binds: list[dict[str, object]], links: list[list[str]],
+                proc: bool) -> None:
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    if proc:
+        os.mkdir(root + "/proc", 0o555)
     for link, target in links:
         os.symlink(target, root + link)
     for bind in binds:
@@ -104,6 +109,13 @@ def _build_root(root: str, binds: list[dict[str, object]], links: list[list[str]
             flags |= MS_NOEXEC
         _mount(source, target, None, flags)
     _mount("tmpfs", root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mount_proc(root: str) -> None:
+    """In PID 1 of the new PID namespace: a ``/proc`` holding only that namespace's
+    processes (``subset=pid``: no sysctls, no kernel files), for ``/proc/self/fd``."""
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "subset=pid,hidepid=invisible")
 
 
 def _confine(plan: dict[str, object]) -> None:
@@ -140,13 +152,16 @@ def main() -> int:
         if plan["new_netns"]:
             flags |= CLONE_NEWNET
         _check("namespace", "unshare", _libc.unshare(flags))
-        _build_root(str(plan["root"]), list(plan["binds"]), list(plan["links"]))
+        _build_root(str(plan["root"]), list(plan["binds"]), list(plan["links"]),
+                    bool(plan.get("proc")))
         child = os.fork()
         if child == 0:
             os.close(errors_r)
             os.close(report)  # the caller reads the report to EOF: QEMU must not hold it
             try:
                 _libc.sethostname(b"smolbox", 7)
+                if plan.get("proc"):
+                    _mount_proc(str(plan["root"]))
                 _confine(plan)
             except StepError as err:
                 os.write(errors_w, json.dumps({"step": err.step, "error": str(err)}).encode())

@@ -127,6 +127,42 @@ def test_a_compromised_qemu_can_open_no_host_file_and_spawn_nothing(
     assert engine.exec(clone.id, ["true"]).exit_code == 0
 
 
+def _shared_ram_fd(pid: int) -> tuple[str, int]:
+    """(fd number, inode) of the sealed snapshot-RAM memfd a clone's QEMU holds."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:smolbox-ram"):
+                return fd, os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    raise AssertionError(f"QEMU {pid} holds no shared RAM memfd")
+
+
+def test_clones_share_their_snapshot_ram_and_no_qemu_can_write_it(
+        engine: Engine, clone: MachineRecord) -> None:
+    peer = engine.create(MachineConfig(name="jail-ram-peer", memory_mib=256, vcpus=1))
+    try:
+        assert clone.pid is not None and peer.pid is not None
+        fd, inode = _shared_ram_fd(clone.pid)
+        assert _shared_ram_fd(peer.pid)[1] == inode  # one copy, shared by both clones
+        maps = Path(f"/proc/{clone.pid}/maps").read_text()
+        assert "/memfd:smolbox-ram" in maps  # guest RAM is mapped from it...
+        assert not [line for line in maps.splitlines()  # ...and no snapshot RAM file
+                    if "/snapshots/" in line]
+        # What a compromised QEMU could try with the fd it holds: every write is refused.
+        writable = os.open(f"/proc/{clone.pid}/fd/{fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                os.pwrite(writable, b"evil", 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(writable, 0)
+        finally:
+            os.close(writable)
+        assert engine.info(clone.id)["jail"]["ram"].startswith("snapshot RAM shared")
+        for record in (clone, peer):
+            assert engine.exec(record.id, ["sh", "-c", "echo ok"]).stdout.strip() == "ok"
+    finally:
+        engine.delete(peer.id, force=True)
+
+
 def test_a_guest_that_allocates_and_forks_without_bound_stays_in_its_limits(
         engine: Engine, clone: MachineRecord) -> None:
     bystander = engine.create(MachineConfig(name="jail-bystander"))
