@@ -36,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import marshal
 import os
 import shutil
 import socket
@@ -319,7 +320,7 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
     try:
         with open(spec.stderr_log, "wb") as log:
             child = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_EXEC_SCRIPT), json.dumps(plan)],
+                [sys.executable, "-I", "-S", str(_EXEC_SCRIPT), marshal.dumps(plan).hex()],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 pass_fds=(report_w, *tap_fds))
         os.close(report_w)
@@ -334,7 +335,7 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
             os.close(report_w)
         for fd in tap_fds:
             os.close(fd)
-    outcome = json.loads(raw or b"{}")
+    outcome = _report(raw)
     if "pid" not in outcome:
         step = str(outcome.get("step", "namespace"))
         raise errors.JailerError(
@@ -348,6 +349,15 @@ def _spawn(spec: VMSpec, qemu_binary: str, settings: JailSettings,
         ramshare.register(settings.state_dir, ram_key, identity)
     _wait_for_sockets(spec, identity)
     return identity
+
+
+def _report(raw: bytes) -> dict[str, Any]:
+    """The exec step's marshal report; anything else (a crash) is an empty one."""
+    try:
+        outcome = marshal.loads(raw)
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return dict(outcome) if isinstance(outcome, dict) else {}
 
 
 def _accepts(socket_path: Path) -> bool:
