@@ -447,8 +447,7 @@ def sweep(run_root: Path, known: set[str], live: set[str],
     machines (rows of this home) that are not live. Other homes are never touched."""
     removed: list[str] = []
     for path, vm_id in uids.claims_of(settings.state_dir, run_root).items():
-        if vm_id not in live and uids.stale(path):
-            uids.release(path)
+        if vm_id not in live and uids.release_if_stale(path):
             removed.append(f"uid claim {path.name} ({vm_id})")
     host = cgroups.detect()
     if host is not None:

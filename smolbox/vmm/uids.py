@@ -6,13 +6,20 @@ two live machines whatever home they belong to. A claim is ``<dir>/<uid>`` made
 with ``O_EXCL`` (atomic); it records the claiming process and, once spawned, the
 QEMU's identity. A claim whose QEMU (or, before spawn, whose claimer) is dead is
 stale and taken over, so a kill -9 anywhere never leaks a uid for good.
+
+Taking over or sweeping a stale claim happens under one lock (``.lock`` in the
+directory, ``flock``): "stale?" then "unlink" is not atomic, and without the lock a
+second process that had also judged the old claim stale unlinked the fresh claim a
+first one had just made in its place (a QEMU then started with no claim; seen in CI).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +46,28 @@ def stale(path: Path) -> bool:
     return not owner_alive(str(record.get("owner", "")))
 
 
+LOCK = ".lock"
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one open file each: threads exclude each other too
+        yield
+    finally:
+        os.close(fd)
+
+
+def release_if_stale(path: Path) -> bool:
+    """Remove ``path`` if it is (still, under the lock) a stale claim."""
+    with _locked(path.parent):
+        if path.exists() and stale(path):
+            release(path)
+            return True
+    return False
+
+
 def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Claim:
     """The lowest free uid of ``uids``, claimed for ``vm_id``."""
     try:
@@ -47,20 +76,22 @@ def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Cla
         raise errors.JailerError(f"Cannot create the uid claim directory {directory}: "
                                  f"{err.strerror}", step="uid") from None
     body = json.dumps({"vm": vm_id, "run_root": str(run_root), "owner": owner_token()})
-    for uid in range(uids.first + 1, uids.last + 1):
-        path = directory / str(uid)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                if stale(path):
-                    with suppress(FileNotFoundError):
-                        path.unlink()
+    try:
+        with _locked(directory):
+            for uid in range(uids.first + 1, uids.last + 1):
+                path = directory / str(uid)
+                if path.exists() and stale(path):
+                    release(path)
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                except FileExistsError:
                     continue
-                break
-            with os.fdopen(fd, "w") as handle:
-                handle.write(body)
-            return Claim(uid, path)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(body)
+                return Claim(uid, path)
+    except OSError as err:
+        raise errors.JailerError(f"Cannot claim a uid in {directory}: {err.strerror}",
+                                 step="uid") from None
     raise errors.JailerError(f"Every uid of {uids.first + 1}-{uids.last} is in use",
                              step="uid", help="Widen SMOLBOX_JAIL_UIDS or delete machines.")
 
@@ -68,9 +99,9 @@ def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Cla
 def record_qemu(claim_: Claim, identity: ProcessIdentity) -> None:
     """From now on the claim lives exactly as long as this QEMU.
 
-    The claim can vanish while QEMU starts (seen once in CI under a concurrent
-    reconcile; root cause not found): then it is written again for this QEMU, unless
-    another machine took the uid meanwhile, which is a typed error."""
+    Should the claim have vanished while QEMU started (the race the module lock
+    closes), it is written again for this QEMU, unless another machine took the uid
+    meanwhile, which is a typed error."""
     try:
         record = json.loads(claim_.path.read_text())
     except FileNotFoundError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,43 @@ def test_uid_claims_are_exclusive_and_a_dead_claimer_frees_its_uid(tmp_path: Pat
     assert set(uids.claims_of(state, run).values()) == {"b", "c"}
 
 
+def test_a_stale_claim_taken_over_is_never_swept_from_under_its_new_owner(
+        tmp_path: Path) -> None:
+    """Claimers and sweepers race over the same stale claims: every claim handed out
+    must still exist, name its machine and be the only holder of its uid."""
+    state, run = tmp_path / "claims", tmp_path / "run"
+    span = UidRange(7200, 7240)
+    state.mkdir()
+    dead = json.dumps({"vm": "gone", "run_root": str(run), "owner": "999999999-1"})
+    for uid in range(7201, 7241):
+        (state / str(uid)).write_text(dead)
+    handed: list[uids.Claim] = []
+    lock = threading.Lock()
+
+    def claimer(worker: int) -> None:
+        for index in range(4):
+            got = uids.claim(state, span, vm_id=f"w{worker}-{index}", run_root=run)
+            with lock:
+                handed.append(got)
+
+    def sweeper() -> None:
+        for _ in range(20):
+            for path in list(state.iterdir()):
+                if path.name.isdigit():
+                    uids.release_if_stale(path)
+
+    threads = [threading.Thread(target=claimer, args=(w,)) for w in range(6)]
+    threads += [threading.Thread(target=sweeper) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({c.uid for c in handed}) == len(handed) == 24
+    owners = uids.claims_of(state, run)
+    assert sorted(owners[c.path] for c in handed) == sorted(
+        f"w{w}-{i}" for w in range(6) for i in range(4))
+
+
 def test_backing_chain_follows_qcow2_headers(tmp_path: Path) -> None:
     base = tmp_path / "base.raw"
     base.write_bytes(b"\0" * 1024 * 1024)
@@ -132,6 +170,6 @@ def test_a_failing_jail_step_is_typed_and_leaves_nothing(tmp_path: Path) -> None
     assert caught.value.details["step"] in ("mount", "chroot")
     host = cgroups.detect()
     assert host is None or "sbx-jailfail" not in cgroups.names(host)
-    assert list((tmp_path / "claims").iterdir()) == []
+    assert [p.name for p in (tmp_path / "claims").iterdir()] == [uids.LOCK]  # no claim
     assert not (run_dir / jail.RECORD).exists() and not (run_dir / jail.JAIL_DIR).exists()
     assert str(run_dir) not in Path("/proc/self/mountinfo").read_text()
