@@ -16,18 +16,17 @@ inode), ``<key>.users`` (QEMUs using it, so the keeper can exit when idle) and
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import select
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 from smolbox import errors
+from smolbox.host.locks import exclusive
 from smolbox.host.procs import ProcessIdentity
 
 RAM_DIR = "ram"
@@ -48,16 +47,6 @@ def idle_seconds() -> float:
         return float(os.environ.get("SMOLBOX_RAM_KEEPER_IDLE", IDLE_SECONDS))
     except ValueError:
         return IDLE_SECONDS
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _open_kept(record: dict[str, int]) -> int | None:
@@ -112,7 +101,7 @@ def open_shared(ram_file: Path, state_dir: Path) -> tuple[int, str]:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = _key(ram_file)
         record_path = directory / f"{key}.json"
-        with _locked(directory / f"{key}.lock"):
+        with exclusive(directory / f"{key}.lock"):
             with suppress(OSError, ValueError, KeyError):
                 fd = _open_kept(json.loads(record_path.read_text()))
                 if fd is not None:
@@ -137,7 +126,7 @@ def register(state_dir: Path, key: str, qemu: ProcessIdentity) -> None:
     the entries of QEMUs that are gone."""
     directory = state_dir / RAM_DIR
     users = directory / f"{key}.users"
-    with suppress(OSError), _locked(directory / f"{key}.lock"):
+    with suppress(OSError), exclusive(directory / f"{key}.lock"):
         kept = [qemu]
         with suppress(OSError):
             for line in users.read_text().splitlines():
@@ -158,7 +147,7 @@ def sweep(state_dir: Path) -> list[str]:
     with suppress(OSError):
         for record_path in directory.glob("*.json"):
             key = record_path.stem
-            with _locked(directory / f"{key}.lock"):
+            with exclusive(directory / f"{key}.lock"):
                 try:
                     record = json.loads(record_path.read_text())
                     alive = ProcessIdentity(int(record["pid"]),

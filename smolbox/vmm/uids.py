@@ -15,16 +15,15 @@ first one had just made in its place (a QEMU then started with no claim; seen in
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from smolbox import errors
 from smolbox.host.jailhost import UidRange
+from smolbox.host.locks import exclusive
 from smolbox.host.procs import ProcessIdentity, owner_alive, owner_token
 
 
@@ -49,19 +48,9 @@ def stale(path: Path) -> bool:
 LOCK = ".lock"
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # one open file each: threads exclude each other too
-        yield
-    finally:
-        os.close(fd)
-
-
 def release_if_stale(path: Path) -> bool:
     """Remove ``path`` if it is (still, under the lock) a stale claim."""
-    with _locked(path.parent):
+    with exclusive(path.parent / LOCK):
         if path.exists() and stale(path):
             release(path)
             return True
@@ -77,7 +66,7 @@ def claim(directory: Path, uids: UidRange, *, vm_id: str, run_root: Path) -> Cla
                                  f"{err.strerror}", step="uid") from None
     body = json.dumps({"vm": vm_id, "run_root": str(run_root), "owner": owner_token()})
     try:
-        with _locked(directory):
+        with exclusive(directory / LOCK):
             for uid in range(uids.first + 1, uids.last + 1):
                 path = directory / str(uid)
                 if path.exists() and stale(path):
