@@ -30,7 +30,7 @@ from smolbox.host.locks import exclusive
 from smolbox.host.procs import ProcessIdentity
 
 RAM_DIR = "ram"
-IDLE_SECONDS = 60.0  # a keeper outlives its last clone this long (sequential creates)
+IDLE_SECONDS = 600.0  # a keeper outlives its last clone this long (a copy costs ~70 ms)
 START_TIMEOUT = 60.0  # copying a large RAM file into memory
 _KEEPER_SCRIPT = Path(__file__).with_name("ram_keeper.py")
 
