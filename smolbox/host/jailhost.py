@@ -7,6 +7,7 @@ that builds the jails (``smolbox.vmm.jail``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,24 @@ def support() -> dict[str, str]:
         "cgroup": (f"v{host.version}" if host is not None and root
                    else "needs root" if host is not None else
                    "no hierarchy with memory, cpu and pids"),
+        # Clones map their snapshot's RAM from a write-sealed memfd (smolbox.vmm.ramshare).
+        "ram": "yes" if _sealed_memfd_available() else "kernel cannot seal a memfd",
     }
     return layers
+
+
+def _sealed_memfd_available() -> bool:
+    try:
+        fd = os.memfd_create("smolbox-probe", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _seccomp_available() -> bool:
